@@ -1,0 +1,1 @@
+"""Audio data: readers, datasets, synthetic mixtures, quality metrics."""

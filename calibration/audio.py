@@ -1,0 +1,54 @@
+"""Reading and checking audio: mono float32 at the model's rate, or a ``DataError``."""
+
+from __future__ import annotations
+
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from compiler.errors import DataError
+
+
+def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """Polyphase resampling (scipy) from ``source_rate`` to ``target_rate``."""
+    if source_rate == target_rate:
+        return wav
+    from scipy.signal import resample_poly
+
+    g = gcd(source_rate, target_rate)
+    return resample_poly(wav, target_rate // g, source_rate // g).astype(np.float32)
+
+
+def read_audio(path: Path, sample_rate: int, allow_resample: bool = False) -> np.ndarray:
+    """Read a mono audio file as float32 at ``sample_rate``.
+
+    Raises ``DataError`` naming the file when it is unreadable, stereo, empty, holds NaN or
+    infinite samples, or has another rate while resampling is not allowed.
+    """
+    path = Path(path)
+    try:
+        wav, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise DataError(f"cannot read audio file {path}: {exc}") from None
+    if wav.shape[1] != 1:
+        raise DataError(f"{path} has {wav.shape[1]} channels; only mono audio is accepted")
+    wav = wav[:, 0]
+    if wav.size == 0:
+        raise DataError(f"{path} is empty (no samples)")
+    if not np.all(np.isfinite(wav)):
+        raise DataError(f"{path} contains NaN or infinite samples")
+    if rate != sample_rate:
+        if not allow_resample:
+            raise DataError(
+                f"{path} is sampled at {rate} Hz but the model expects {sample_rate} Hz "
+                "(allow resampling to convert it)"
+            )
+        wav = resample(wav, rate, sample_rate)
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def write_audio(path: Path, wav: np.ndarray, sample_rate: int) -> None:
+    """Write float audio as 16-bit PCM, clipped to [-1, 1]."""
+    sf.write(str(path), np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16")

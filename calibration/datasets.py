@@ -1,0 +1,130 @@
+"""Audio datasets: a folder of wavs, or paired ``clean/`` + ``noisy/`` folders.
+
+Files are listed in sorted order and subsets are drawn with a seeded generator, so the same
+folder and seed always give the same files. ``fingerprint`` hashes the bytes of the chosen
+files: it goes into cache keys, so changed audio is never served stale results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from calibration.audio import read_audio
+from compiler.errors import DataError
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"audio folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise DataError(f"no .wav or .flac files in {folder}")
+    return files
+
+
+def _subset(items: list, limit: int | None, seed: int) -> list:
+    if limit is None or limit >= len(items):
+        return items
+    order = np.random.default_rng(seed).permutation(len(items))[:limit]
+    return [items[i] for i in sorted(order)]
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class AudioFolder:
+    """Mono audio files in one folder (used for calibration and as blind input)."""
+
+    files: tuple[Path, ...]
+    sample_rate: int
+    allow_resample: bool = False
+
+    @classmethod
+    def scan(
+        cls,
+        folder: Path,
+        sample_rate: int,
+        limit: int | None = None,
+        seed: int = 0,
+        allow_resample: bool = False,
+    ) -> AudioFolder:
+        """The (optionally subsampled, deterministic) audio files of ``folder``."""
+        files = _subset(_audio_files(Path(folder)), limit, seed)
+        return cls(tuple(files), sample_rate, allow_resample)
+
+    def load(self) -> list[np.ndarray]:
+        """Every file as float32 at ``sample_rate`` (``DataError`` on bad audio)."""
+        return [read_audio(p, self.sample_rate, self.allow_resample) for p in self.files]
+
+    def fingerprint(self) -> str:
+        """Hash of the chosen files' names and bytes."""
+        return _fingerprint(list(self.files))
+
+
+@dataclass(frozen=True)
+class AudioPair:
+    """A noisy recording and its clean reference."""
+
+    name: str
+    noisy: np.ndarray
+    clean: np.ndarray
+
+
+@dataclass(frozen=True)
+class PairedFolder:
+    """``clean/`` and ``noisy/`` sub-folders whose files are matched by name."""
+
+    root: Path
+    names: tuple[str, ...]
+    sample_rate: int
+    allow_resample: bool = False
+
+    @classmethod
+    def scan(
+        cls,
+        root: Path,
+        sample_rate: int,
+        limit: int | None = None,
+        seed: int = 0,
+        allow_resample: bool = False,
+    ) -> PairedFolder:
+        """Pairs of ``root/noisy/X`` and ``root/clean/X`` (``DataError`` when none match)."""
+        root = Path(root)
+        if not (root / "clean").is_dir() or not (root / "noisy").is_dir():
+            raise DataError(f"{root} must contain clean/ and noisy/ folders of paired audio")
+        noisy = {p.name for p in _audio_files(root / "noisy")}
+        clean = {p.name for p in _audio_files(root / "clean")}
+        names = sorted(noisy & clean)
+        if not names:
+            raise DataError(f"no file names match between {root}/clean and {root}/noisy")
+        return cls(root, tuple(_subset(names, limit, seed)), sample_rate, allow_resample)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self) -> list[AudioPair]:
+        """Every pair, trimmed to the shorter of the two files."""
+        pairs = []
+        for name in self.names:
+            noisy = read_audio(self.root / "noisy" / name, self.sample_rate, self.allow_resample)
+            clean = read_audio(self.root / "clean" / name, self.sample_rate, self.allow_resample)
+            n = min(len(noisy), len(clean))
+            pairs.append(AudioPair(name, noisy[:n], clean[:n]))
+        return pairs
+
+    def fingerprint(self) -> str:
+        """Hash of the chosen pairs' names and bytes."""
+        paths = [self.root / sub / n for n in self.names for sub in ("clean", "noisy")]
+        return _fingerprint(paths)

@@ -1,0 +1,1 @@
+"""secompile's core: artifacts, passes, the pass manager, pipelines, cache, reports, CLI."""

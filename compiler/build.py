@@ -1,0 +1,147 @@
+"""One build: load the model, validate every target's pipeline, run them, write the outputs.
+
+Outputs are assembled in a staging folder next to ``out`` and moved into place only when every
+target succeeded, so a failed or interrupted build leaves no partial artifact behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.audio import read_audio
+from calibration.datasets import AudioFolder, PairedFolder
+from compiler.cache import PassCache
+from compiler.context import PassContext
+from compiler.errors import DataError, OutputError
+from compiler.manager import PassManager, PipelineRun
+from compiler.pipeline import PipelineSpec
+from compiler.report import build_report, manifest, render_markdown, write_json
+from targets import get_target, require_available
+
+PARITY_SECONDS = 4
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """Everything ``secompile build`` was asked to do."""
+
+    model: str | None
+    out: Path
+    weights: Path | None = None
+    targets: tuple[str, ...] = ("cpu",)
+    pipeline: str | None = None
+    calib: Path | None = None
+    eval: Path | None = None
+    threads: int = 2
+    cache_dir: Path | None = None
+    seed: int = 0
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` if needed and prove a file can be written there (``OutputError``)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
+
+
+def _parity_audio(evaluation: PairedFolder | None, calibration: AudioFolder | None,
+                  demo: Path | None, rate: int) -> np.ndarray:
+    if evaluation is not None:
+        clip = evaluation.load()[0].noisy
+    elif calibration is not None:
+        clip = calibration.load()[0]
+    elif demo is not None:
+        clip = read_audio(demo, rate)
+    else:
+        raise DataError("no audio for parity checks: pass --eval or --calib")
+    need = PARITY_SECONDS * rate
+    clip = np.tile(clip, -(-need // len(clip)))[:need] if len(clip) < rate else clip[:need]
+    return clip[None, :].astype(np.float32)
+
+
+def _commit(staging: Path, out: Path) -> None:
+    """Move every staged entry into ``out``, replacing older ones of the same name."""
+    for entry in staging.iterdir():
+        destination = out / entry.name
+        if destination.is_dir():
+            trash = Path(tempfile.mkdtemp(prefix=".old-", dir=out))
+            os.replace(destination, trash / entry.name)
+            os.replace(entry, destination)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(entry, destination)
+
+
+def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Run a build end to end and return the report (also written to ``out``)."""
+    from models.registry import DEMO_DIR, load_model
+
+    targets = [get_target(name) for name in request.targets]
+    for target in targets:
+        require_available(target)
+    specs = {t.name: PipelineSpec.load(request.pipeline or t.default_pipeline) for t in targets}
+    cache = PassCache(request.cache_dir) if request.cache_dir else None
+
+    def listener(record: dict[str, Any]) -> None:
+        extra = "cache hit" if record["cache"] == "hit" else f"{record.get('seconds', 0):.2f} s"
+        log(f"  {record['name']}: {extra}, modified={record['modified']}")
+
+    managers = {t.name: PassManager.from_spec(specs[t.name], t, cache=cache, listener=listener)
+                for t in targets}
+    check_writable(request.out)
+
+    artifact = load_model(request.model, request.weights)
+    rate = artifact.info.sample_rate
+    eval_root = request.eval
+    if eval_root is None and artifact.info.name == "default":
+        eval_root = DEMO_DIR
+    evaluation = PairedFolder.scan(eval_root, rate) if eval_root else None
+    calibration = AudioFolder.scan(request.calib, rate, seed=request.seed) if request.calib else None
+    for dataset in (evaluation, calibration):
+        if dataset is not None:
+            dataset.load()  # bad audio fails here, before any pass runs
+    parity = _parity_audio(evaluation, calibration, DEMO_DIR / "noisy" / "demo.wav", rate)
+    log(f"model {artifact.info.name}: {artifact.info.params} parameters, {rate} Hz")
+
+    runs: dict[str, PipelineRun] = {}
+    with tempfile.TemporaryDirectory(prefix="secompile-") as work:
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=request.out))
+        try:
+            for target in targets:
+                log(f"[{target.name}] {managers[target.name].pipeline_text}")
+                ctx = PassContext(
+                    target=target, workdir=Path(work) / target.name, baseline=artifact,
+                    parity_audio=parity, evaluation=evaluation, calibration=calibration,
+                    threads=request.threads, seed=request.seed,
+                )
+                run = managers[target.name].run(artifact, ctx)
+                runs[target.name] = run
+                folder = staging / target.name
+                folder.mkdir()
+                final = folder / f"model{run.artifact.path.suffix}"
+                shutil.copyfile(run.artifact.path, final)
+                write_json(folder / "manifest.json", manifest(artifact.info, target, run, final))
+            settings = {
+                "threads": request.threads, "seed": request.seed,
+                "eval": str(eval_root) if eval_root else None,
+                "calib": str(request.calib) if request.calib else None,
+                "cache": str(request.cache_dir) if request.cache_dir else None,
+            }
+            report = build_report(artifact.info, runs, settings)
+            write_json(staging / "report.json", report)
+            (staging / "report.md").write_text(render_markdown(report))
+            _commit(staging, request.out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return report

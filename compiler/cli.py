@@ -1,0 +1,199 @@
+"""The ``secompile`` command line (click).
+
+Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from compiler.errors import ModelError, SecompileError
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "secompile"
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn secompile errors into one stderr line and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except SecompileError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: no artifact was written", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001  (last resort: say it is ours, exit 1)
+            if debug:
+                raise
+            click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+                       err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group()
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.version_option(package_name="secompile", message="secompile %(version)s")
+def main(debug: bool) -> None:
+    """secompile: compile speech-enhancement models into fast, validated artifacts."""
+
+
+def _target_names() -> list[str]:
+    from targets import TARGETS
+
+    return sorted(TARGETS)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint (state_dict).")
+@click.option("--target", "targets", multiple=True, metavar="NAME",
+              help=f"Target to build (repeatable; known: {', '.join(_target_names())}).")
+@click.option("--pipeline", help="Pipeline TOML file or text, e.g. 'fuse-conv-bn,export-onnx'.")
+@click.option("--calib", type=click.Path(path_type=Path), help="Folder of calibration wavs.")
+@click.option("--eval", "eval_dir", type=click.Path(path_type=Path),
+              help="Folder with clean/ and noisy/ paired wavs for quality metrics.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output folder (report.json, report.md, <target>/...).")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Intra-op threads for both the baseline and the artifact.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Pass cache folder.")
+@click.option("--no-cache", is_flag=True, help="Run every pass, reuse nothing.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--quiet", is_flag=True, help="Print only the summary.")
+@_guarded
+def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
+          pipeline: str | None, calib: Path | None, eval_dir: Path | None, out: Path,
+          threads: int, cache_dir: Path | None, no_cache: bool, seed: int, quiet: bool) -> None:
+    """Compile MODEL (a registry name, FILE.py:factory or TorchScript; default: the shipped
+    default model) for each target and write artifacts, manifests and the report to --out."""
+    from compiler.build import BuildRequest, run_build
+
+    request = BuildRequest(
+        model=model, out=out, weights=weights, targets=targets or ("cpu",), pipeline=pipeline,
+        calib=calib, eval=eval_dir, threads=threads, seed=seed,
+        cache_dir=None if no_cache else (cache_dir or _default_cache_dir()),
+    )
+    log = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
+    report = run_build(request, log)
+    for name, t in report["targets"].items():
+        delta = t["quality_delta"] or {}
+        parts = [f"{name}: {out / t['artifact']}"]
+        if t["speedup"] is not None:
+            parts.append(f"speedup {t['speedup']:.2f}x, size {t['size_reduction']:.2f}x, "
+                         f"throughput {t['throughput_speedup']:.2f}x")
+        if delta:
+            parts.append(f"dSI-SDR {delta['si_sdr']:+.4f} dB, dPESQ {delta['pesq']:+.4f}, "
+                         f"dESTOI {delta['stoi']:+.5f}")
+        if t["cache_hits"]:
+            parts.append(f"cache hits: {', '.join(t['cache_hits'])}")
+        click.echo("; ".join(parts))
+    click.echo(f"report: {out / 'report.md'}")
+
+
+def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int]:
+    """A runner and its sample rate for an ONNX file, a build folder or a model reference."""
+    import onnx
+
+    from compiler.runtime import OrtRunner, TorchRunner
+    from models.registry import load_model
+
+    path = Path(ref)
+    if path.is_dir():
+        candidates = sorted(path.glob("*/model.onnx")) + sorted(path.glob("model.onnx"))
+        if not candidates:
+            raise ModelError(f"{path} holds no model.onnx (give an artifact or a build folder)")
+        path = candidates[0]
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise ModelError(f"artifact not found: {path}")
+        try:
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
+                     .metadata_props}
+        except Exception as exc:  # noqa: BLE001  (protobuf raises several types)
+            raise ModelError(f"{path} is not a readable ONNX model: {exc}") from None
+        return OrtRunner(path, threads), int(props.get("secompile.sample_rate", 16000))
+    artifact = load_model(ref, weights)
+    return TorchRunner(artifact.module, threads), artifact.info.sample_rate
+
+
+@main.command()
+@click.argument("artifact")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for the enhanced wavs (same file names).")
+@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint for a model name.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256))
+@click.option("--resample", is_flag=True, help="Resample inputs of another rate.")
+@_guarded
+def enhance(artifact: str, inputs: tuple[Path, ...], out: Path, weights: Path | None,
+            threads: int, resample: bool) -> None:
+    """Enhance IN.wav files with ARTIFACT (an .onnx file, a build folder or a model)."""
+    from calibration.audio import read_audio, write_audio
+    from compiler.build import check_writable
+
+    runner, rate = _runner_for(artifact, weights, threads)
+    audio = [read_audio(p, rate, allow_resample=resample) for p in inputs]
+    check_writable(out)
+    for path, wav in zip(inputs, audio, strict=True):
+        enhanced = runner(wav[None, :])[0]
+        with tempfile.NamedTemporaryFile(dir=out, suffix=".wav", delete=False) as tmp:
+            write_audio(Path(tmp.name), enhanced, rate)
+        os.replace(tmp.name, out / path.name)
+        click.echo(str(out / path.name))
+
+
+@main.command("passes")
+def list_passes() -> None:
+    """List the registered passes and their options."""
+    from compiler.passes import get_pass, pass_names
+
+    for name in pass_names():
+        cls = get_pass(name)
+        options = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config))
+        click.echo(f"{name:<14} {cls.summary}")
+        click.echo(f"{'':<14} in: {'/'.join(cls.input_formats)}  options: {options or 'none'}")
+
+
+@main.command("targets")
+def list_targets() -> None:
+    """List the targets and whether this machine can build them."""
+    from targets import TARGETS
+
+    for name, target in sorted(TARGETS.items()):
+        reason = target.unavailable_reason()
+        status = "available" if reason is None else f"unavailable: {reason}"
+        click.echo(f"{name:<6} {target.description}; {status}")
+        click.echo(f"{'':<6} default pipeline: {target.default_pipeline}")
+
+
+@main.command("models")
+def list_models() -> None:
+    """List the registered models."""
+    from models.registry import describe_models
+
+    for name, description in describe_models():
+        click.echo(f"{name:<8} {description}")
+
+
+if __name__ == "__main__":
+    main()

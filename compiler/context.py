@@ -1,0 +1,41 @@
+"""``PassContext``: everything a pass may use, handed in explicitly."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from calibration.datasets import AudioFolder, PairedFolder
+    from compiler.artifact import Artifact
+    from targets.base import Target
+
+
+@dataclass
+class PassContext:
+    """Target, data, scratch space and settings for one pipeline run.
+
+    ``baseline`` is the fp32 torch model as loaded, the reference that validation and parity
+    checks compare against; ``parity_audio`` is a short real clip ``[1, L]`` for those checks.
+    """
+
+    target: Target
+    workdir: Path
+    baseline: Artifact
+    parity_audio: object  # np.ndarray [1, L], float32
+    evaluation: PairedFolder | None = None
+    calibration: AudioFolder | None = None
+    threads: int = 2
+    seed: int = 0
+    show_progress: bool = False
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("secompile"))
+
+    pass_dir: Path | None = None
+
+    def with_pass_dir(self, index: int, pass_name: str) -> PassContext:
+        """A copy whose ``pass_dir`` is a fresh scratch folder for the ``index``-th pass."""
+        path = self.workdir / f"{index:02d}-{pass_name}"
+        path.mkdir(parents=True, exist_ok=True)
+        return replace(self, pass_dir=path)

@@ -1,0 +1,120 @@
+"""Instruments: hook objects the ``PassManager`` calls around every pass.
+
+Passes contain no timing, memory or parity code; these hooks measure every pass the same way
+and write into the pass's record (a dict that ends up in the report).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from compiler.errors import PassError
+from compiler.runtime import make_runner
+
+if TYPE_CHECKING:
+    from compiler.artifact import Artifact
+    from compiler.context import PassContext
+    from compiler.passes import Pass, PassResult
+
+
+class Instrument:
+    """Base hook: override either method. ``record`` is the pass's report entry."""
+
+    def before_pass(self, p: Pass, artifact: Artifact, ctx: PassContext, record: dict) -> None:
+        """Called before a pass runs (not on a cache hit)."""
+
+    def after_pass(
+        self, p: Pass, artifact: Artifact, result: PassResult, ctx: PassContext, record: dict
+    ) -> None:
+        """Called after a pass returned (not on a cache hit)."""
+
+
+class TimingInstrument(Instrument):
+    """Wall-clock seconds of each pass."""
+
+    def before_pass(self, p: Pass, artifact: Artifact, ctx: PassContext, record: dict) -> None:
+        record["_t0"] = time.perf_counter()
+
+    def after_pass(
+        self, p: Pass, artifact: Artifact, result: PassResult, ctx: PassContext, record: dict
+    ) -> None:
+        record["seconds"] = round(time.perf_counter() - record.pop("_t0"), 4)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB.
+
+    Reads ``VmHWM`` where Linux provides it: unlike ``ru_maxrss``, it is reset by ``exec``, so
+    a child started from a large process reports its own peak, not its parent's.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class MemoryInstrument(Instrument):
+    """Process peak RSS after each pass and how much the pass raised it."""
+
+    def before_pass(self, p: Pass, artifact: Artifact, ctx: PassContext, record: dict) -> None:
+        record["_rss0"] = peak_rss_mb()
+
+    def after_pass(
+        self, p: Pass, artifact: Artifact, result: PassResult, ctx: PassContext, record: dict
+    ) -> None:
+        peak = peak_rss_mb()
+        record["peak_rss_mb"] = round(peak, 1)
+        record["peak_rss_growth_mb"] = round(peak - record.pop("_rss0"), 1)
+
+
+class ParityVerifier(Instrument):
+    """Checks that a modifying pass kept the model's output within its declared tolerance.
+
+    Runs the pass's input and output artifacts on the context's real parity clip and raises
+    a :class:`PassError` with the measured error when it exceeds ``pass.parity_tolerance``.
+    """
+
+    def after_pass(
+        self, p: Pass, artifact: Artifact, result: PassResult, ctx: PassContext, record: dict
+    ) -> None:
+        tolerance = p.parity_tolerance
+        if tolerance is None or not result.modified:
+            return
+        max_abs = parity_error(artifact, result.artifact, ctx.parity_audio, ctx.threads)
+        record["parity_max_abs"] = max_abs
+        record["parity_tolerance"] = tolerance
+        if not max_abs <= tolerance:
+            raise PassError(
+                p.name,
+                f"output differs from its input by {max_abs:.3g} max abs on real audio "
+                f"(tolerance {tolerance:g})",
+            )
+
+
+def parity_error(a: Artifact, b: Artifact, audio: np.ndarray, threads: int) -> float:
+    """Max abs difference between two artifacts' outputs on ``audio`` ``[1, L]``."""
+    out_a = make_runner(a, threads)(audio)
+    out_b = make_runner(b, threads)(audio)
+    if out_a.shape != out_b.shape:
+        return float("inf")
+    return float(np.max(np.abs(out_a.astype(np.float64) - out_b)))
+
+
+def default_instruments() -> list[Instrument]:
+    """Timing, memory and the parity verifier: what every build runs with."""
+    return [TimingInstrument(), MemoryInstrument(), ParityVerifier()]
+
+
+def record_defaults(p: Pass) -> dict[str, Any]:
+    """A fresh record for pass ``p``."""
+    return {"name": p.name, "config": p.config.as_dict()}

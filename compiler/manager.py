@@ -1,0 +1,127 @@
+"""``PassManager``: validates a pipeline up front, then runs it with instruments and a cache."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from compiler.cache import PassCache, cache_key
+from compiler.errors import PassError, SecompileError
+from compiler.instruments import Instrument, default_instruments, record_defaults
+from compiler.pipeline import PipelineSpec, canonical_text
+from compiler.versions import code_hash, library_versions
+
+if TYPE_CHECKING:
+    from compiler.artifact import Artifact
+    from compiler.context import PassContext
+    from compiler.passes import Pass, PassResult
+    from targets.base import Target
+
+
+@dataclass
+class PipelineRun:
+    """The outcome of a pipeline: the final artifact, per-pass results and records."""
+
+    artifact: Artifact
+    pipeline: str
+    results: list[PassResult] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def cache_hits(self) -> list[str]:
+        """Names of the passes whose output came from the cache."""
+        return [r["name"] for r in self.records if r["cache"] == "hit"]
+
+    def metrics_of(self, pass_name: str) -> dict[str, Any]:
+        """Metrics of the last run of ``pass_name`` (empty when it did not run)."""
+        for record in reversed(self.records):
+            if record["name"] == pass_name:
+                return record["metrics"]
+        return {}
+
+
+class PassManager:
+    """Runs validated passes in order; on failure raises a ``PassError`` naming the pass."""
+
+    def __init__(
+        self,
+        passes: list[Pass],
+        instruments: list[Instrument] | None = None,
+        cache: PassCache | None = None,
+        listener: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.passes = passes
+        self.instruments = default_instruments() if instruments is None else instruments
+        self.cache = cache
+        self.listener = listener
+
+    @classmethod
+    def from_spec(cls, spec: PipelineSpec, target: Target, **kwargs: Any) -> PassManager:
+        """Validate ``spec`` for ``target`` (raising ``ConfigError``) and build a manager."""
+        return cls(spec.resolve(target), **kwargs)
+
+    @property
+    def pipeline_text(self) -> str:
+        """The canonical one-line form of the pipeline."""
+        return canonical_text(self.passes)
+
+    def run(self, artifact: Artifact, ctx: PassContext) -> PipelineRun:
+        """Run every pass on ``artifact``; return the final artifact and the records."""
+        run = PipelineRun(artifact, self.pipeline_text)
+        key = artifact.content_hash()
+        completed: list[str] = []
+        for index, p in enumerate(self.passes):
+            record = record_defaults(p)
+            key = cache_key(
+                {
+                    "input": key,
+                    "pass": p.name,
+                    "config": p.config.canonical(),
+                    "extra": p.cache_inputs(ctx),
+                    "target": ctx.target.name,
+                    "versions": library_versions(),
+                    "code": code_hash(),
+                }
+            )
+            hit = self.cache.load(key, artifact, p.name) if self.cache else None
+            if hit is not None:
+                result = hit.result
+                record.update(cache="hit", seconds=0.0)
+            else:
+                result = self._run_one(index, p, artifact, ctx, record, tuple(completed))
+                record["cache"] = "miss" if self.cache else "off"
+                if self.cache:
+                    self.cache.store(key, result)
+            record.update(modified=result.modified, metrics=result.metrics, cache_key=key)
+            run.records.append(record)
+            if self.listener:
+                self.listener(record)
+            run.results.append(result)
+            artifact = result.artifact
+            completed.append(p.name)
+        run.artifact = artifact
+        return run
+
+    def _run_one(
+        self,
+        index: int,
+        p: Pass,
+        artifact: Artifact,
+        ctx: PassContext,
+        record: dict,
+        completed: tuple[str, ...],
+    ) -> PassResult:
+        try:
+            for instrument in self.instruments:
+                instrument.before_pass(p, artifact, ctx, record)
+            result = p.run(artifact, ctx.with_pass_dir(index, p.name))
+            for instrument in self.instruments:
+                instrument.after_pass(p, artifact, result, ctx, record)
+            return result
+        except PassError as exc:
+            raise exc.with_completed(completed) from exc
+        except SecompileError:
+            raise
+        except Exception as exc:  # an internal failure: keep which pass it was
+            raise PassError(p.name, f"{type(exc).__name__}: {exc}", completed) from exc

@@ -1,0 +1,190 @@
+"""Report and manifest writers: ``report.json``, ``report.md`` and ``<target>/manifest.json``.
+
+``report.json`` contract (CI steps and later tooling read these names):
+``baseline.latency_ms.p50`` and, per target, ``targets.<t>.speedup``, ``size_reduction``,
+``throughput_speedup``, ``memory_reduction``, ``quality_delta.{si_sdr,pesq,stoi}`` and
+``passes[]`` (name, seconds, modified, cache, metrics). Every number comes from the
+``validate`` pass's measurements; a target built without ``validate`` reports ``null``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from compiler.artifact import file_sha256
+from compiler.versions import library_versions, machine_info
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN and infinities become ``None``."""
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON (NaN written as null)."""
+    path.write_text(json.dumps(_clean(data), indent=2, sort_keys=False, default=str) + "\n")
+
+
+def pass_entries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-pass part of a target's report."""
+    keys = ("name", "seconds", "modified", "cache", "peak_rss_mb", "parity_max_abs", "config",
+            "metrics")
+    return [{k: r[k] for k in keys if k in r} for r in records]
+
+
+def target_entry(name: str, run: Any, artifact_rel: str) -> dict[str, Any]:
+    """The report entry of one target from its pipeline run."""
+    v = run.metrics_of("validate")
+    q = v.get("quality") or {}
+    delta = q.get("delta")
+    return {
+        "artifact": artifact_rel,
+        "pipeline": run.pipeline,
+        "speedup": v.get("speedup"),
+        "speedup_10s": v.get("speedup_10s"),
+        "size_reduction": v.get("size_reduction"),
+        "throughput_speedup": v.get("throughput_speedup"),
+        "memory_reduction": v.get("memory_reduction"),
+        "quality_delta": {k: delta[k] for k in ("si_sdr", "pesq", "stoi")} if delta else None,
+        "quality": {k: q[k] for k in ("noisy", "baseline", "artifact", "buckets", "files",
+                                      "eval_set", "max_abs_vs_baseline") if k in q} or None,
+        "latency_ms": v.get("latency_ms"),
+        "throughput_rps": v.get("throughput_rps"),
+        "peak_rss_mb": v.get("peak_rss_mb"),
+        "size_bytes": v.get("size_bytes"),
+        "cache_hits": run.cache_hits,
+        "passes": pass_entries(run.records),
+    }
+
+
+def baseline_entry(runs: dict[str, Any]) -> dict[str, Any]:
+    """The fp32 torch model's measurements, from the first target that validated."""
+    for run in runs.values():
+        v = run.metrics_of("validate")
+        if v:
+            latency = v["latency_ms"]
+            q = v.get("quality") or {}
+            return {
+                "latency_ms": latency["1s"]["baseline"],
+                "latency_ms_10s": latency["10s"]["baseline"],
+                "throughput_rps": v["throughput_rps"]["baseline"],
+                "peak_rss_mb": (v.get("peak_rss_mb") or {}).get("baseline"),
+                "size_bytes": v["size_bytes"]["baseline"],
+                "quality": q.get("baseline"),
+                "threads": v["threads"],
+            }
+    return {"latency_ms": {"p50": None}, "note": "no target ran the validate pass"}
+
+
+def build_report(info: Any, runs: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """The whole ``report.json`` document."""
+    return {
+        "secompile": library_versions()["secompile"],
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model": info.as_dict(),
+        "settings": settings,
+        "machine": machine_info(),
+        "versions": library_versions(),
+        "baseline": baseline_entry(runs),
+        "targets": {
+            name: target_entry(name, run, f"{name}/{run.artifact.path.name}")
+            for name, run in runs.items()
+        },
+    }
+
+
+def manifest(info: Any, target: Any, run: Any, artifact_path: Path) -> dict[str, Any]:
+    """``<target>/manifest.json``: what the artifact is and exactly how it was made."""
+    art = run.artifact
+    return {
+        "artifact": artifact_path.name,
+        "format": art.format,
+        "sha256": file_sha256(artifact_path),
+        "size_bytes": artifact_path.stat().st_size,
+        "target": {"name": target.name, "precision": target.precision,
+                   "execution_providers": list(target.execution_providers)},
+        "model": info.as_dict(),
+        "input": {"name": art.metadata.get("input"), "dtype": "float32",
+                  "shape": ["batch", "samples"], "sample_rate": info.sample_rate},
+        "output": {"name": art.metadata.get("output"), "dtype": "float32",
+                   "shape": ["batch", "samples"]},
+        "opset": art.metadata.get("opset"),
+        "stft": art.metadata.get("stft"),
+        "pipeline": run.pipeline,
+        "lineage": list(art.lineage),
+        "versions": library_versions(),
+    }
+
+
+def _fmt(value: Any, spec: str = ".3g", suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:{spec}}{suffix}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A human-readable ``report.md``."""
+    base = report["baseline"]
+    model = report["model"]
+    lines = [
+        f"# secompile report: {model['name']}",
+        "",
+        f"Created {report['created']} on {report['machine']['cpu']} "
+        f"({report['machine']['cores']} cores), {base.get('threads', '?')} thread(s), "
+        f"secompile {report['secompile']}.",
+        "",
+        f"Baseline: PyTorch fp32 eager, p50 {_fmt(base['latency_ms'].get('p50'), '.2f')} ms "
+        f"per 1 s of audio.",
+        "",
+        "| target | speedup (1 s) | speedup (10 s) | throughput ×  | size × | memory × "
+        "| ΔSI-SDR dB | ΔPESQ | ΔESTOI |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, t in report["targets"].items():
+        d = t["quality_delta"] or {}
+        lines.append(
+            f"| {name} | {_fmt(t['speedup'], '.2f')} | {_fmt(t['speedup_10s'], '.2f')} "
+            f"| {_fmt(t['throughput_speedup'], '.2f')} | {_fmt(t['size_reduction'], '.2f')} "
+            f"| {_fmt(t['memory_reduction'], '.2f')} | {_fmt(d.get('si_sdr'), '+.4f')} "
+            f"| {_fmt(d.get('pesq'), '+.4f')} | {_fmt(d.get('stoi'), '+.5f')} |"
+        )
+    for name, t in report["targets"].items():
+        lines += ["", f"## {name}", "", f"Artifact `{t['artifact']}`; pipeline "
+                  f"`{t['pipeline']}`.", ""]
+        if t["latency_ms"]:
+            lines += ["| measure | baseline | artifact |", "|---|---|---|"]
+            for label, sides in t["latency_ms"].items():
+                for q in ("p50", "p99"):
+                    lines.append(f"| latency {label} {q} (ms) | {_fmt(sides['baseline'][q], '.2f')}"
+                                 f" | {_fmt(sides['artifact'][q], '.2f')} |")
+            rps = t["throughput_rps"]
+            lines.append(f"| throughput, batch {rps['batch']} (clips/s) "
+                         f"| {_fmt(rps['baseline'], '.1f')} | {_fmt(rps['artifact'], '.1f')} |")
+            if t["peak_rss_mb"]:
+                lines.append(f"| peak RSS, fresh process (MiB) | {t['peak_rss_mb']['baseline']} "
+                             f"| {t['peak_rss_mb']['artifact']} |")
+            size = t["size_bytes"]
+            lines.append(f"| size on disk (bytes) | {size['baseline']} | {size['artifact']} |")
+        q = t["quality"]
+        if q:
+            lines += ["", f"Quality on {q['files']} pairs from `{q['eval_set']}`:", "",
+                      "| | SI-SDR dB | PESQ-WB | ESTOI |", "|---|---|---|---|"]
+            for side in ("noisy", "baseline", "artifact"):
+                m = q[side]
+                lines.append(f"| {side} | {_fmt(m['si_sdr'], '.3f')} | {_fmt(m['pesq'], '.3f')} "
+                             f"| {_fmt(m['stoi'], '.4f')} |")
+        lines += ["", "| pass | seconds | modified | cache |", "|---|---|---|---|"]
+        for p in t["passes"]:
+            lines.append(f"| {p['name']} | {_fmt(p.get('seconds'), '.2f')} | {p['modified']} "
+                         f"| {p['cache']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Speech-enhancement architectures, the model registry, the shipped default model."""

@@ -1,0 +1,191 @@
+"""The model registry and the loader for every way a user can name a model.
+
+* a registry name: ``gtcrn`` (needs ``--weights``), ``default`` (the shipped checkpoint);
+* ``path/to/file.py:factory``: a Python file and a zero-argument function returning a module;
+* a TorchScript archive (``torch.jit.save``).
+
+Checkpoints are loaded with ``torch.load(weights_only=True)``: a pickle that carries code is
+refused. Loading is strict: a checkpoint of another architecture is an error that lists the
+mismatching names.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compiler.artifact import Artifact, ModelInfo, file_sha256
+from compiler.errors import ModelError
+from models.spectral import SpectralEnhancer, StftSpec
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered architecture: how to build it and where its default weights are."""
+
+    name: str
+    description: str
+    build: Callable[[], nn.Module]
+    default_weights: Path | None = None
+
+
+def _gtcrn() -> nn.Module:
+    from models import gtcrn
+
+    stft = StftSpec(gtcrn.N_FFT, gtcrn.HOP, gtcrn.WINDOW)
+    return SpectralEnhancer(gtcrn.GTCRN(), stft, gtcrn.SAMPLE_RATE)
+
+
+def _default() -> nn.Module:
+    from models import default
+
+    return default.build_default(weights=None)
+
+
+def _default_weights() -> Path:
+    from models import default
+
+    return default.DEFAULT_WEIGHTS
+
+
+REGISTRY: dict[str, ModelEntry] = {
+    "gtcrn": ModelEntry("gtcrn", "GTCRN (Rong et al., ICASSP 2024), 48k params", _gtcrn),
+    "default": ModelEntry(
+        "default", "secompile's own small CRN, trained on its synthetic mixtures", _default,
+        _default_weights(),
+    ),
+}
+DEFAULT_MODEL = "default"
+# The project's own demo audio (paired: noisy/demo.wav, clean/demo.wav), made by models.make_demo.
+DEMO_DIR = Path(__file__).parent / "demo_audio"
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state_dict from ``path`` (also under a ``state_dict``/``model`` key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(
+            f"refusing checkpoint {path}: it is not a plain weights file (it pickles code or "
+            f"objects, which weights_only loading forbids){': ' + first if first else ''}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"checkpoint {path} is corrupt or truncated: {reason}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ModelError(f"checkpoint {path} does not hold a state_dict of tensors")
+    return data
+
+
+def apply_weights(module: nn.Module, state: dict[str, torch.Tensor], source: Path, arch: str) -> None:
+    """Strictly load ``state`` into ``module`` (into the core of a waveform wrapper)."""
+    target = module.core if isinstance(module, SpectralEnhancer) else module
+    result = target.load_state_dict(state, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if missing or unexpected:
+        shown = ", ".join((missing + unexpected)[:4])
+        raise ModelError(
+            f"checkpoint {source} does not match architecture '{arch}': "
+            f"{len(missing)} missing and {len(unexpected)} unexpected parameters (e.g. {shown})"
+        )
+
+
+def _strict_load(module: nn.Module, weights: Path, arch: str) -> None:
+    state = load_state_dict(weights)
+    try:
+        apply_weights(module, state, weights, arch)
+    except RuntimeError as exc:  # size mismatches
+        detail = str(exc).strip().splitlines()
+        shown = next((line.strip() for line in detail if "size mismatch" in line), detail[0])
+        raise ModelError(
+            f"checkpoint {weights} does not match architecture '{arch}': {shown}"
+        ) from None
+
+
+def _load_factory(ref: str) -> tuple[nn.Module, str]:
+    file_part, factory_name = ref.rsplit(":", 1)
+    path = Path(file_part)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"secompile_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001  (any error in user code is the user's to fix)
+        raise ModelError(f"cannot import {path}: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise ModelError(f"{path} has no callable '{factory_name}'")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{ref} returned {type(model).__name__}, not a torch.nn.Module")
+    return model, path.stem
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def load_model(ref: str | None, weights: Path | None = None) -> Artifact:
+    """Load the model a user named as a torch :class:`Artifact` in eval mode."""
+    ref = ref or DEFAULT_MODEL
+    weights = Path(weights) if weights is not None else None
+    if ref in REGISTRY:
+        entry = REGISTRY[ref]
+        module = entry.build()
+        weights = weights or entry.default_weights
+        if weights is None:
+            raise ModelError(f"model '{ref}' needs a checkpoint: pass --weights PATH")
+        _strict_load(module, weights, ref)
+        name = ref
+    elif ":" in ref and ref.rsplit(":", 1)[0].endswith(".py"):
+        module, name = _load_factory(ref)
+        if weights is not None:
+            _strict_load(module, weights, ref)
+    elif Path(ref).is_file() and _is_torchscript(Path(ref)):
+        module, name = torch.jit.load(ref, map_location="cpu"), Path(ref).stem
+        weights = Path(ref)
+    elif Path(ref).exists():
+        raise ModelError(
+            f"{ref} is not a TorchScript archive; give a registry name with --weights, "
+            f"or FILE.py:factory (known models: {', '.join(sorted(REGISTRY))})"
+        )
+    else:
+        raise ModelError(
+            f"unknown model '{ref}' (known models: {', '.join(sorted(REGISTRY))}; "
+            "or FILE.py:factory, or a TorchScript file)"
+        )
+    module.eval()
+    stft = getattr(module, "stft", None)
+    info = ModelInfo(
+        name=name,
+        sample_rate=int(getattr(module, "sample_rate", 16000)),
+        source={"model": ref, "weights": str(weights.resolve()) if weights else None},
+        weights_sha256=file_sha256(weights) if weights else None,
+        stft=stft.as_dict() if isinstance(stft, StftSpec) else None,
+        params=sum(p.numel() for p in module.parameters()),
+    )
+    return Artifact("torch", info, module=module, lineage=(f"load:{name}",))
+
+
+def describe_models() -> list[tuple[str, str]]:
+    """(name, description) of each registered model."""
+    return [(e.name, e.description) for e in REGISTRY.values()]
+

@@ -1,0 +1,151 @@
+"""``export-onnx``: lower a torch model to an optimized, portable ONNX file."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from compiler.artifact import Artifact
+from compiler.context import PassContext
+from compiler.passes import Pass, PassConfig, PassResult, register_pass
+
+INPUT_NAME, OUTPUT_NAME = "noisy", "enhanced"
+ORT_LEVELS = ("disabled", "basic", "extended")
+SIMPLIFIERS = ("auto", "onnxsim", "onnxslim", "none")
+
+
+@dataclass(frozen=True)
+class ExportOnnxConfig(PassConfig):
+    """Options of ``export-onnx``. ``opset = 0`` means the target's opset."""
+
+    opset: int = 0
+    simplify: str = "auto"
+    ort_level: str = "basic"
+    parity_tolerance: float = 1e-4
+
+    def check(self) -> None:
+        if self.opset and not 13 <= self.opset <= 21:
+            raise ValueError(f"opset must be between 13 and 21 (or 0), got {self.opset}")
+        if self.simplify not in SIMPLIFIERS:
+            raise ValueError(f"simplify must be one of {SIMPLIFIERS}, got {self.simplify!r}")
+        if self.ort_level not in ORT_LEVELS:
+            raise ValueError(f"ort_level must be one of {ORT_LEVELS}, got {self.ort_level!r}")
+        if not self.parity_tolerance > 0:
+            raise ValueError(f"parity_tolerance must be > 0, got {self.parity_tolerance}")
+
+
+def _simplify(model: onnx.ModelProto, which: str) -> tuple[onnx.ModelProto, str]:
+    """Run onnxsim, else onnxslim (``auto``); return the model and the tool that ran."""
+    if which in ("auto", "onnxsim"):
+        try:
+            import onnxsim
+        except ImportError:
+            if which == "onnxsim":
+                raise
+        else:
+            simplified, ok = onnxsim.simplify(model)
+            if ok:
+                return simplified, f"onnxsim {onnxsim.__version__}"
+            if which == "onnxsim":
+                raise RuntimeError("onnxsim could not validate its simplified model")
+    if which in ("auto", "onnxslim"):
+        try:
+            import onnxslim
+        except ImportError:
+            if which == "onnxslim":
+                raise
+        else:
+            return onnxslim.slim(model), f"onnxslim {onnxslim.__version__}"
+    return model, "none"
+
+
+def _ort_optimize(source: Path, target: Path, level: str) -> None:
+    """Write ONNX Runtime's offline-optimized graph (standard ops only at ``basic``)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }[level]
+    options.optimized_model_filepath = str(target)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+
+
+@register_pass
+class ExportOnnx(Pass):
+    """Export a waveform-in, waveform-out torch model to ONNX with a dynamic time axis.
+
+    Rewrite rules: a spectral model's ``torch.stft``/``torch.istft`` become the convolution
+    form of ``models.spectral.ConvStft`` (windowed DFT basis as Conv, overlap-add as
+    ConvTranspose divided by the window envelope), so the STFT runs inside the graph; export
+    with the TorchScript exporter (``dynamo=False``: the dynamo exporter cannot export GRUs
+    with a derived time length), dynamic ``batch`` and ``samples`` axes; then onnxsim (or
+    onnxslim), then ONNX Runtime's offline optimizer at ``ort_level`` (``basic`` keeps
+    standard ONNX ops, so the file stays portable).
+    """
+
+    name = "export-onnx"
+    Config = ExportOnnxConfig
+    input_formats = ("torch",)
+    output_format = "onnx"
+    summary = "lower to ONNX (dynamic time axis, STFT in-graph), simplify, ORT-optimize"
+
+    def run(self, artifact: Artifact, ctx: PassContext) -> PassResult:
+        cfg: ExportOnnxConfig = self.config
+        opset = cfg.opset or ctx.target.opset
+        module = artifact.module
+        stft_placement = "none (waveform model)"
+        if hasattr(module, "with_stft_impl"):
+            module = module.with_stft_impl("conv")
+            stft_placement = "in-graph: Conv with a windowed DFT basis, ConvTranspose overlap-add"
+        # Batch 2: a batch-1 example lets exporters specialise the batch axis to 1.
+        example = torch.as_tensor(ctx.parity_audio[:, : artifact.info.sample_rate]).repeat(2, 1)
+        raw = ctx.pass_dir / "exported.onnx"
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, (example,), str(raw), dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch", 1: "samples"},
+                              OUTPUT_NAME: {0: "batch", 1: "samples"}},
+            )
+        model = onnx.load(str(raw))
+        nodes_exported = len(model.graph.node)
+        model, simplifier = _simplify(model, cfg.simplify)
+        simplified = ctx.pass_dir / "simplified.onnx"
+        onnx.save(model, str(simplified))
+        final = ctx.pass_dir / "model.onnx"
+        if cfg.ort_level == "disabled":
+            final.write_bytes(simplified.read_bytes())
+        else:
+            _ort_optimize(simplified, final, cfg.ort_level)
+        model = onnx.load(str(final))
+        onnx.checker.check_model(model)
+        props = {
+            "secompile.model": artifact.info.name,
+            "secompile.sample_rate": str(artifact.info.sample_rate),
+            "secompile.stft": stft_placement,
+        }
+        onnx.helper.set_model_props(model, props)
+        onnx.save(model, str(final))
+        metrics = {
+            "opset": opset,
+            "nodes_exported": nodes_exported,
+            "nodes_final": len(model.graph.node),
+            "simplifier": simplifier,
+            "ort_offline_level": cfg.ort_level,
+            "stft": stft_placement,
+            "size_bytes": final.stat().st_size,
+        }
+        metadata = {"opset": opset, "input": INPUT_NAME, "output": OUTPUT_NAME,
+                    "stft": stft_placement}
+        new = artifact.derive(self.name, format="onnx", module=None, path=final, metadata=metadata)
+        return PassResult(new, True, metrics)

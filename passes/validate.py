@@ -1,0 +1,193 @@
+"""``validate``: measure the artifact against the fp32 torch model, side by side."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from calibration.metrics import bucket_name, mean_metrics, quality, snr_db
+from compiler.artifact import Artifact
+from compiler.context import PassContext
+from compiler.errors import PassError
+from compiler.runtime import Runner, TorchRunner, enhance_batched, make_runner
+from compiler.timing import measure_interleaved
+from compiler.versions import ROOT, machine_info
+from compiler.passes import Pass, PassConfig, PassResult, register_pass
+
+
+@dataclass(frozen=True)
+class ValidateConfig(PassConfig):
+    """Options of ``validate``: repetitions, batch size for throughput, what to measure."""
+
+    repeats: int = 40
+    long_repeats: int = 10
+    batch: int = 8
+    memory: bool = True
+    quality: bool = True
+
+    def check(self) -> None:
+        for name in ("repeats", "long_repeats", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _clip(audio: list[np.ndarray], samples: int) -> np.ndarray:
+    """``[1, samples]`` of real audio: the clips concatenated, tiled when too short."""
+    joined = np.concatenate(audio)
+    reps = -(-samples // len(joined))
+    return np.tile(joined, reps)[None, :samples].astype(np.float32)
+
+
+def _state_dict_bytes(module: Any) -> int:
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.tell()
+
+
+def _fresh_process_rss(args: list[str], threads: int, sample_rate: int) -> float:
+    command = [sys.executable, "-m", "compiler.rss_probe", *args, "--threads", str(threads),
+               "--sample-rate", str(sample_rate)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PassError("validate", f"memory probe failed: {tail}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return round(numerator / denominator, 3) if denominator else float("nan")
+
+
+@register_pass
+class Validate(Pass):
+    """Measure speed, memory, size and quality of the artifact against the fp32 torch model.
+
+    Rewrite rules: none; the artifact passes through unchanged (``modified`` is false). Both
+    sides run in this process on the same thread count, timed interleaved with a load guard
+    (``compiler.timing``); peak RSS comes from a fresh process per side; quality from the
+    evaluation pairs (SI-SDR, PESQ-WB, ESTOI) as absolute values, deltas and SNR buckets.
+    """
+
+    name = "validate"
+    Config = ValidateConfig
+    input_formats = ("onnx", "torch")
+    summary = "latency p50/p99 (1 s, 10 s), throughput, peak RSS, size, SI-SDR/PESQ/ESTOI deltas"
+    checks_parity = False
+
+    def cache_inputs(self, ctx: PassContext) -> dict[str, Any]:
+        return {
+            "evaluation": ctx.evaluation.fingerprint() if ctx.evaluation else None,
+            "threads": ctx.threads,
+            "machine": machine_info(),
+            "baseline": ctx.baseline.content_hash(),
+        }
+
+    def run(self, artifact: Artifact, ctx: PassContext) -> PassResult:
+        cfg: ValidateConfig = self.config
+        rate = artifact.info.sample_rate
+        baseline = TorchRunner(ctx.baseline.module, ctx.threads)
+        candidate = make_runner(artifact, ctx.threads)
+        pairs = ctx.evaluation.load() if ctx.evaluation else []
+        audio = [p.noisy for p in pairs] or [ctx.parity_audio[0]]
+        metrics: dict[str, Any] = {"threads": ctx.threads}
+        metrics.update(self._speed(baseline, candidate, audio, rate, cfg))
+        metrics["size_bytes"] = {
+            "baseline": _state_dict_bytes(ctx.baseline.module),
+            "artifact": artifact.size_bytes() if artifact.path else _state_dict_bytes(
+                artifact.module),
+        }
+        metrics["size_reduction"] = _ratio(
+            metrics["size_bytes"]["baseline"], metrics["size_bytes"]["artifact"])
+        if cfg.memory:
+            metrics["peak_rss_mb"] = self._memory(artifact, ctx)
+            metrics["memory_reduction"] = _ratio(
+                metrics["peak_rss_mb"]["baseline"], metrics["peak_rss_mb"]["artifact"])
+        if cfg.quality and pairs:
+            metrics["quality"] = self._quality(baseline, candidate, pairs, rate)
+            metrics["quality"]["eval_set"] = str(ctx.evaluation.root)
+        return PassResult(artifact, False, metrics)
+
+    def _speed(
+        self, baseline: Runner, candidate: Runner, audio: list[np.ndarray], rate: int,
+        cfg: ValidateConfig,
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {"latency_ms": {}}
+        noisy_blocks = 0
+        for label, seconds, repeats in (("1s", 1, cfg.repeats), ("10s", 10, cfg.long_repeats)):
+            clip = _clip(audio, seconds * rate)
+            timed = measure_interleaved(
+                {"baseline": lambda c=clip: baseline(c), "artifact": lambda c=clip: candidate(c)},
+                repeats=repeats,
+            )
+            noisy_blocks += timed.noisy_blocks
+            out["latency_ms"][label] = {k: s.summary() for k, s in timed.stats.items()}
+            out["speedup" if label == "1s" else "speedup_10s"] = round(
+                timed.p50_ratio("baseline", "artifact"), 3)
+        batch = np.repeat(_clip(audio, rate), cfg.batch, axis=0)
+        timed = measure_interleaved(
+            {"baseline": lambda: baseline(batch), "artifact": lambda: candidate(batch)},
+            repeats=max(5, cfg.repeats // 4),
+        )
+        noisy_blocks += timed.noisy_blocks
+        rps = {k: round(cfg.batch / (s.percentile(50) / 1e3), 2) for k, s in timed.stats.items()}
+        out["throughput_rps"] = {**rps, "batch": cfg.batch, "clip_seconds": 1}
+        out["throughput_speedup"] = _ratio(rps["artifact"], rps["baseline"])
+        out["timing_noisy_blocks_rerun"] = noisy_blocks
+        return out
+
+    def _memory(self, artifact: Artifact, ctx: PassContext) -> dict[str, float]:
+        source = ctx.baseline.info.source
+        torch_args = ["torch", source["model"]] + ([source["weights"]] if source["weights"] else [])
+        if artifact.format == "onnx":
+            artifact_args = ["onnx", str(artifact.path)]
+        else:
+            artifact_args = torch_args
+        rate = artifact.info.sample_rate
+        return {
+            "baseline": _fresh_process_rss(torch_args, ctx.threads, rate),
+            "artifact": _fresh_process_rss(artifact_args, ctx.threads, rate),
+            "seconds_of_audio": 10,
+        }
+
+    def _quality(
+        self, baseline: Runner, candidate: Runner, pairs: list, rate: int
+    ) -> dict[str, Any]:
+        noisy = [p.noisy for p in pairs]
+        reference = enhance_batched(baseline, noisy)
+        enhanced = enhance_batched(candidate, noisy)
+        rows = []
+        for pair, ref_out, out in zip(pairs, reference, enhanced, strict=True):
+            rows.append({
+                "file": pair.name,
+                "input_snr_db": round(snr_db(pair.noisy, pair.clean), 2),
+                "noisy": quality(pair.noisy, pair.clean, rate),
+                "baseline": quality(ref_out, pair.clean, rate),
+                "artifact": quality(out, pair.clean, rate),
+                "max_abs_vs_baseline": float(np.max(np.abs(out - ref_out))),
+            })
+        summary = {side: mean_metrics([r[side] for r in rows])
+                   for side in ("noisy", "baseline", "artifact")}
+        summary["delta"] = {k: summary["artifact"][k] - summary["baseline"][k]
+                            for k in summary["artifact"]}
+        buckets: dict[str, list[dict]] = {}
+        for row in rows:
+            buckets.setdefault(bucket_name(row["input_snr_db"]), []).append(row)
+        summary["buckets"] = {
+            name: {"files": len(items),
+                   "baseline": mean_metrics([r["baseline"] for r in items]),
+                   "artifact": mean_metrics([r["artifact"] for r in items])}
+            for name, items in sorted(buckets.items())
+        }
+        summary["files"] = len(rows)
+        summary["max_abs_vs_baseline"] = max(r["max_abs_vs_baseline"] for r in rows)
+        summary["per_file"] = rows
+        return summary
+
+
