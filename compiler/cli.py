@@ -40,7 +40,7 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted: no artifact was written", err=True)
             sys.exit(130)
-        except Exception as exc:  # noqa: BLE001  (last resort: say it is ours, exit 1)
+        except Exception as exc:
             if debug:
                 raise
             click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)",

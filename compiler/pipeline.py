@@ -121,7 +121,7 @@ class PipelineSpec:
                     "(wrong pass order)"
                 )
             instance = cls(config)
-            fmt, producer = instance.produces(fmt), f"'{spec.name}'"
+            fmt, producer = instance.produces(fmt), f"'{spec.name}' before it"
             instances.append(instance)
         if fmt != target.artifact_format:
             raise ConfigError(

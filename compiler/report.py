@@ -139,15 +139,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# secompile report: {model['name']}",
         "",
-        f"Created {report['created']} on {report['machine']['cpu']} "
-        f"({report['machine']['cores']} cores), {base.get('threads', '?')} thread(s), "
-        f"secompile {report['secompile']}.",
+        (f"Created {report['created']} on {report['machine']['cpu']} "
+         f"({report['machine']['cores']} cores), {base.get('threads', '?')} thread(s), "
+         f"secompile {report['secompile']}."),
         "",
-        f"Baseline: PyTorch fp32 eager, p50 {_fmt(base['latency_ms'].get('p50'), '.2f')} ms "
-        f"per 1 s of audio.",
+        (f"Baseline: PyTorch fp32 eager, p50 {_fmt(base['latency_ms'].get('p50'), '.2f')} ms "
+         "per 1 s of audio."),
         "",
-        "| target | speedup (1 s) | speedup (10 s) | throughput ×  | size × | memory × "
-        "| ΔSI-SDR dB | ΔPESQ | ΔESTOI |",
+        ("| target | speedup (1 s) | speedup (10 s) | throughput × | size × | memory × "
+         "| ΔSI-SDR dB | ΔPESQ | ΔESTOI |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, t in report["targets"].items():
@@ -159,8 +159,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {_fmt(d.get('pesq'), '+.4f')} | {_fmt(d.get('stoi'), '+.5f')} |"
         )
     for name, t in report["targets"].items():
-        lines += ["", f"## {name}", "", f"Artifact `{t['artifact']}`; pipeline "
-                  f"`{t['pipeline']}`.", ""]
+        lines += ["", f"## {name}", "",
+                  f"Artifact `{t['artifact']}`; pipeline `{t['pipeline']}`.", ""]
         if t["latency_ms"]:
             lines += ["| measure | baseline | artifact |", "|---|---|---|"]
             for label, sides in t["latency_ms"].items():

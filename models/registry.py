@@ -75,12 +75,14 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        blocked = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        if not blocked:
+            raise ModelError(f"checkpoint {path} is corrupt or truncated: not a torch file") from None
         raise ModelError(
-            f"refusing checkpoint {path}: it is not a plain weights file (it pickles code or "
-            f"objects, which weights_only loading forbids){': ' + first if first else ''}"
+            f"refusing checkpoint {path}: it pickles code or objects, which weights-only "
+            f"loading forbids ({blocked[0].rstrip('.')})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001  (torch's unpickler raises many types on bad bytes)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"checkpoint {path} is corrupt or truncated: {reason}") from None
     for key in ("state_dict", "model"):
@@ -130,7 +132,10 @@ def _load_factory(ref: str) -> tuple[nn.Module, str]:
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise ModelError(f"{path} has no callable '{factory_name}'")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:  # noqa: BLE001  (any error in user code is the user's to fix)
+        raise ModelError(f"{ref} raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{ref} returned {type(model).__name__}, not a torch.nn.Module")
     return model, path.stem

@@ -1,6 +1,6 @@
 """Train the default model on the project's own synthetic data; also a reusable training loop.
 
-Run ``python -m models.train --out models/weights/secompile_default.pt --steps 2400 --seed 0``
+Run ``python -m models.train --out models/weights/secompile_default.pt --steps 1200 --seed 0``
 to reproduce the shipped checkpoint (see ``models/README.md`` for the exact command used).
 The data are generated on the fly by :mod:`calibration.synthetic` (espeak-ng speech, synthetic
 noise); nothing is downloaded. ``--eval-dir`` points at a folder with ``noisy/`` and ``clean/``
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="where to save the core's state_dict")
-    parser.add_argument("--steps", type=int, default=2400, help="Adam steps (default 2400)")
+    parser.add_argument("--steps", type=int, default=1200, help="Adam steps (default 1200)")
     parser.add_argument("--minutes", type=float, default=25.0,
                         help="wall-clock cap on the training loop (default 25)")
     parser.add_argument("--seed", type=int, default=0)
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     corpus = espeak_corpus(args.utterances, seed=args.seed)
     hours = sum(u.size for u in corpus) / SAMPLE_RATE / 3600
     print(f"speech corpus: {len(corpus)} utterances, {hours:.2f} h, "
-          f"{time.monotonic() - t0:.0f}s")
+          f"{time.monotonic() - t0:.0f}s", flush=True)
     mixtures = SyntheticMixtures(corpus, length=int(args.seconds * SAMPLE_RATE), seed=args.seed)
 
     from models.default import SAMPLE_RATE as MODEL_RATE
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model = SpectralEnhancer(default_core(), STFT, MODEL_RATE)
     n_params = sum(p.numel() for p in model.core.parameters())
-    print(f"TinyCRN: {n_params} parameters")
+    print(f"TinyCRN: {n_params} parameters", flush=True)
     result = train(
         model,
         synthetic_batches(mixtures, args.batch_size),
@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         steps=args.steps,
         lr=args.lr,
         max_seconds=args.minutes * 60,
+        log=lambda line: print(line, flush=True),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.core.state_dict(), args.out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -63,7 +64,9 @@ def find_conv_bn_pairs(module: nn.Module, example: torch.Tensor) -> list[tuple[s
     The data flow comes from ``torch.export`` (module attribute order proves nothing); a conv
     or BN called more than once is left alone, since folding would change its other uses.
     """
-    graph = torch.export.export(module, (example,), strict=False).graph
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GRU flat-weight notices; not actionable here
+        graph = torch.export.export(module, (example,), strict=False).graph
     calls: Counter[str] = Counter()
     owner = {}
     for node in graph.nodes:

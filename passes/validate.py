@@ -16,10 +16,10 @@ from calibration.metrics import bucket_name, mean_metrics, quality, snr_db
 from compiler.artifact import Artifact
 from compiler.context import PassContext
 from compiler.errors import PassError
+from compiler.passes import Pass, PassConfig, PassResult, register_pass
 from compiler.runtime import Runner, TorchRunner, enhance_batched, make_runner
 from compiler.timing import measure_interleaved
 from compiler.versions import ROOT, machine_info
-from compiler.passes import Pass, PassConfig, PassResult, register_pass
 
 
 @dataclass(frozen=True)

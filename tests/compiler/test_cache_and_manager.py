@@ -1,0 +1,94 @@
+"""PassManager with instruments and the content-addressed cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from compiler.artifact import file_sha256
+from compiler.cache import PassCache, cache_key
+from compiler.errors import PassError
+from compiler.manager import PassManager
+from compiler.passes import Pass, PassConfig, PassResult
+from compiler.pipeline import PipelineSpec
+from targets import get_target
+
+
+def _manager(text: str, cache: PassCache | None = None) -> PassManager:
+    return PassManager.from_spec(PipelineSpec.parse(text), get_target("cpu"), cache=cache)
+
+
+def test_records_instruments_and_cache_hits(tiny, make_ctx, tmp_path) -> None:
+    cache = PassCache(tmp_path / "cache")
+    text = "fuse-conv-bn,export-onnx"
+    first = _manager(text, cache).run(tiny, make_ctx(tiny))
+    assert [r["cache"] for r in first.records] == ["miss", "miss"]
+    for record in first.records:
+        assert record["seconds"] >= 0 and record["peak_rss_mb"] > 0
+        assert record["parity_max_abs"] <= record["parity_tolerance"]
+    second = _manager(text, cache).run(tiny, make_ctx(tiny))
+    assert second.cache_hits == ["fuse-conv-bn", "export-onnx"]
+    assert file_sha256(second.artifact.path) == file_sha256(first.artifact.path)
+    assert second.artifact.lineage == first.artifact.lineage
+    changed = _manager("fuse-conv-bn,export-onnx{opset=18}", cache).run(tiny, make_ctx(tiny))
+    assert changed.cache_hits == ["fuse-conv-bn"], "a config change invalidates that pass only"
+
+
+def test_torch_artifacts_round_trip_through_the_cache(tiny, make_ctx, tmp_path) -> None:
+    cache = PassCache(tmp_path / "cache")
+    _manager("fuse-conv-bn,export-onnx", cache).run(tiny, make_ctx(tiny))
+    key = cache_key({"x": 1})
+    assert key == cache_key({"x": 1}) and key != cache_key({"x": 2})
+    hit = _manager("fuse-conv-bn,export-onnx", cache).run(tiny, make_ctx(tiny)).results[0]
+    wav = torch.randn(1, 4000)
+    assert hit.artifact.format == "torch"
+    assert torch.allclose(hit.artifact.module(wav), tiny.module(wav), atol=1e-5)
+
+
+@dataclass(frozen=True)
+class _BreakConfig(PassConfig):
+    parity_tolerance: float = 1e-4
+
+
+class _Breaker(Pass):
+    """Scales the output: the parity verifier must catch it."""
+
+    name = "break-output"
+    Config = _BreakConfig
+
+    def run(self, artifact, ctx) -> PassResult:
+        class Scaled(torch.nn.Module):
+            def __init__(self, inner) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, wav):
+                return self.inner(wav) * 1.5
+
+        return PassResult(artifact.derive(self.name, module=Scaled(artifact.module)), True)
+
+
+class _Crash(Pass):
+    name = "crash"
+
+    def run(self, artifact, ctx) -> PassResult:
+        raise ValueError("boom")
+
+
+def test_parity_verifier_names_the_pass_and_those_before(tiny, make_ctx) -> None:
+    from passes.fuse_conv_bn import FuseConvBn
+
+    manager = PassManager([FuseConvBn(), _Breaker()])
+    with pytest.raises(PassError) as info:
+        manager.run(tiny, make_ctx(tiny))
+    message = str(info.value)
+    assert "pass 'break-output' failed" in message
+    assert "max abs on real audio (tolerance 0.0001)" in message
+    assert "passes before it: fuse-conv-bn" in message
+
+
+def test_internal_failures_become_pass_errors(tiny, make_ctx) -> None:
+    with pytest.raises(PassError, match=r"pass 'crash' failed: ValueError: boom .*nothing"):
+        PassManager([_Crash()]).run(tiny, make_ctx(tiny))

@@ -1,0 +1,103 @@
+"""Shared fixtures: where the real data lives, a tiny spectral model, a pass context."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compiler.artifact import Artifact, ModelInfo
+from compiler.context import PassContext
+from models.spectral import SpectralEnhancer, StftSpec
+from targets import get_target
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+GTCRN_DIR = SHARED_DATA / "models" / "gtcrn"
+VBDEMAND = SHARED_DATA / "audio" / "vbdemand"
+
+requires_shared = pytest.mark.skipif(
+    not GTCRN_DIR.is_dir(), reason=f"shared data not found at {SHARED_DATA}"
+)
+
+
+class TinyCore(nn.Module):
+    """A small spectrum-to-spectrum model with every layer kind the passes must handle:
+    Conv2d + BN, grouped ConvTranspose2d + BN, a GRU over time, a residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 8, (1, 3), padding=(0, 1))
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.PReLU()
+        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.deconv = nn.ConvTranspose2d(8, 4, (1, 3), padding=(0, 1), groups=2)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        x = spec.permute(0, 3, 2, 1)  # [B, 2, T, F]
+        h = self.act(self.bn(self.conv(x)))
+        pooled = h.mean(-1).transpose(1, 2)  # [B, T, C]
+        g, _ = self.gru(pooled)
+        h = h + g.transpose(1, 2).unsqueeze(-1)
+        mask = torch.tanh(self.out(self.bn2(self.deconv(h))))
+        return (x * mask).permute(0, 3, 2, 1)
+
+
+def randomize_batchnorm(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics so folding is really exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+    return module.eval()
+
+
+def tiny_module(seed: int = 0) -> SpectralEnhancer:
+    """The tiny spectral model (n_fft 128, hop 64); also a ``FILE.py:factory`` for the CLI."""
+    torch.manual_seed(seed)
+    module = SpectralEnhancer(randomize_batchnorm(TinyCore(), seed), StftSpec(128, 64), 16000)
+    return module.eval()
+
+
+TINY_REF = f"{Path(__file__).resolve()}:tiny_module"
+
+
+def tiny_artifact(seed: int = 0) -> Artifact:
+    """A torch artifact of the tiny spectral model, reloadable through ``TINY_REF``."""
+    info = ModelInfo(name="tiny", sample_rate=16000, source={"model": TINY_REF, "weights": None})
+    return Artifact("torch", info, module=tiny_module(seed), lineage=("load:tiny",))
+
+
+def noise_audio(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
+    """``[1, L]`` float32 test audio."""
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal((1, int(16000 * seconds)))).astype(np.float32)
+
+
+@pytest.fixture
+def tiny() -> Artifact:
+    """The tiny spectral model as a torch artifact."""
+    return tiny_artifact()
+
+
+@pytest.fixture
+def make_ctx(tmp_path: Path):
+    """Factory of pass contexts on the cpu target with a fresh workdir."""
+
+    def make(baseline: Artifact, audio: np.ndarray | None = None, **kwargs) -> PassContext:
+        ctx = PassContext(
+            target=get_target("cpu"), workdir=tmp_path / "work", baseline=baseline,
+            parity_audio=noise_audio() if audio is None else audio, threads=1, **kwargs,
+        )
+        return ctx.with_pass_dir(0, "test")
+
+    return make

@@ -1,0 +1,176 @@
+"""End to end through the CLI: a real GTCRN build, the cache, enhance, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from compiler.artifact import file_sha256
+from compiler.cli import main
+from tests.conftest import GTCRN_DIR, TINY_REF, VBDEMAND, requires_shared
+
+FAST = "fuse-conv-bn,export-onnx,validate{repeats=4 long_repeats=2 batch=2}"
+VCTK = GTCRN_DIR / "gtcrn_vctk.pt"
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def eval_dir(tmp_path: Path) -> Path:
+    """Three real VoiceBank-DEMAND pairs (copied into tmp, never into the repo)."""
+    if not VBDEMAND.is_dir():
+        pytest.skip(f"shared data not found at {VBDEMAND}")
+    root = tmp_path / "eval"
+    for sub in ("clean", "noisy"):
+        (root / sub).mkdir(parents=True)
+        for path in sorted((VBDEMAND / sub).glob("*.wav"))[:3]:
+            shutil.copy(path, root / sub / path.name)
+    return root
+
+
+@requires_shared
+def test_gtcrn_build_report_manifest_cache_and_enhance(tmp_path: Path, eval_dir: Path) -> None:
+    out, cache = tmp_path / "build", tmp_path / "cache"
+    args = ["build", "gtcrn", "--weights", VCTK, "--target", "cpu", "--eval", eval_dir,
+            "--pipeline", FAST, "--cache-dir", cache, "--out", out]
+    first = _cli(*args)
+    assert first.exit_code == 0, first.output
+    report = json.loads((out / "report.json").read_text())
+    cpu = report["targets"]["cpu"]
+    assert report["baseline"]["latency_ms"]["p50"] > 0
+    for key in ("speedup", "size_reduction", "throughput_speedup", "memory_reduction"):
+        assert cpu[key] > 0, key
+    assert abs(cpu["quality_delta"]["si_sdr"]) <= 0.01
+    assert abs(cpu["quality_delta"]["pesq"]) <= 0.01
+    assert abs(cpu["quality_delta"]["stoi"]) <= 0.001
+    assert [p["name"] for p in cpu["passes"]] == ["fuse-conv-bn", "export-onnx", "validate"]
+    assert all({"name", "seconds", "modified", "metrics"} <= set(p) for p in cpu["passes"])
+    manifest = json.loads((out / "cpu" / "manifest.json").read_text())
+    assert manifest["sha256"] == file_sha256(out / "cpu" / "model.onnx")
+    assert manifest["model"]["weights_sha256"] == file_sha256(VCTK)
+    assert manifest["pipeline"] == cpu["pipeline"]
+    assert {"torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
+    assert (out / "report.md").read_text().startswith("# secompile report: gtcrn")
+
+    second = _cli(*args[:-1], tmp_path / "again")
+    assert second.exit_code == 0, second.output
+    again = json.loads((tmp_path / "again" / "report.json").read_text())["targets"]["cpu"]
+    assert again["cache_hits"] == ["fuse-conv-bn", "export-onnx", "validate"]
+    assert (tmp_path / "again/cpu/model.onnx").read_bytes() == (out / "cpu/model.onnx").read_bytes()
+
+    noisy = min((eval_dir / "noisy").glob("*.wav"))
+    enhanced = _cli("enhance", out / "cpu" / "model.onnx", noisy, "-o", tmp_path / "enh")
+    assert enhanced.exit_code == 0, enhanced.output
+    assert sf.info(tmp_path / "enh" / noisy.name).frames == sf.info(noisy).frames
+
+
+def test_user_factory_model_builds(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _cli("build", TINY_REF, "--pipeline", FAST, "--no-cache", "--out", out,
+                  "--calib", _wav_folder(tmp_path / "calib"))
+    assert result.exit_code == 0, result.output
+    assert (out / "cpu" / "model.onnx").is_file()
+
+
+def _wav_folder(folder: Path, channels: int = 1, samples: int = 16000, rate: int = 16000,
+                data: np.ndarray | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    audio = data if data is not None else 0.1 * np.random.default_rng(0).standard_normal(
+        (samples, channels))
+    sf.write(folder / "a.wav", audio, rate, subtype="FLOAT" if data is not None else "PCM_16")
+    return folder
+
+
+def _paired(root: Path, **kwargs) -> Path:
+    _wav_folder(root / "clean")
+    _wav_folder(root / "noisy", **kwargs)
+    return root
+
+
+def _bad_checkpoints(tmp: Path) -> dict[str, Path]:
+    real = VCTK.read_bytes() if VCTK.is_file() else b""
+    (tmp / "corrupt.pt").write_bytes(b"not a checkpoint at all" * 10)
+    (tmp / "truncated.pt").write_bytes(real[: len(real) // 2])
+    torch.save(torch.nn.Linear(3, 3).state_dict(), tmp / "wrong.pt")
+    torch.save({"weights": _Evil()}, tmp / "evil.pt")
+    return {"corrupt": tmp / "corrupt.pt", "truncated": tmp / "truncated.pt",
+            "wrong": tmp / "wrong.pt", "evil": tmp / "evil.pt", "missing": tmp / "nope.pt"}
+
+
+class _Evil:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/secompile-evil-marker"),))
+
+
+BAD_CASES = {
+    "missing checkpoint": (["gtcrn", "--weights", "{missing}"], "checkpoint not found"),
+    "corrupt checkpoint": (["gtcrn", "--weights", "{corrupt}"], "corrupt or truncated"),
+    "truncated checkpoint": (["gtcrn", "--weights", "{truncated}"], "corrupt or truncated"),
+    "wrong architecture": (["gtcrn", "--weights", "{wrong}"], "does not match architecture"),
+    "pickle with code": (["gtcrn", "--weights", "{evil}"], "refusing checkpoint"),
+    "unknown pass": (["gtcrn", "--weights", "{vctk}", "--pipeline", "fuse-conv-bn,warp"],
+                     "unknown pass 'warp'"),
+    "bad pass option": (["gtcrn", "--weights", "{vctk}", "--pipeline", "export-onnx{{opset=3}}"],
+                        "opset must be between 13 and 21"),
+    "wrong pass order": (["gtcrn", "--weights", "{vctk}", "--pipeline",
+                          "export-onnx,fuse-conv-bn"], "wrong pass order"),
+    "unknown target": (["gtcrn", "--weights", "{vctk}", "--target", "quantum"],
+                       "unknown target 'quantum'"),
+    "unknown model": (["resnet"], "unknown model 'resnet'"),
+    "unreadable wav": (["gtcrn", "--weights", "{vctk}", "--eval", "{unreadable}"],
+                       "cannot read audio file"),
+    "stereo wav": (["gtcrn", "--weights", "{vctk}", "--eval", "{stereo}"], "2 channels"),
+    "empty wav": (["gtcrn", "--weights", "{vctk}", "--eval", "{empty}"], "is empty"),
+    "nan wav": (["gtcrn", "--weights", "{vctk}", "--eval", "{nan}"], "NaN"),
+    "wrong rate": (["gtcrn", "--weights", "{vctk}", "--eval", "{rate}"], "8000 Hz"),
+}
+
+
+@requires_shared
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_exits_2_with_one_line_and_no_artifact(case: str, tmp_path: Path) -> None:
+    paths = {k: str(v) for k, v in _bad_checkpoints(tmp_path).items()}
+    paths["vctk"] = str(VCTK)
+    paths["stereo"] = str(_paired(tmp_path / "stereo", channels=2))
+    paths["empty"] = str(_paired(tmp_path / "empty", samples=0))
+    paths["rate"] = str(_paired(tmp_path / "rate", rate=8000))
+    paths["nan"] = str(_paired(tmp_path / "nan", data=np.full(1600, np.nan, np.float32)))
+    unreadable = _paired(tmp_path / "unreadable")
+    (unreadable / "noisy" / "a.wav").write_bytes(b"RIFF garbage")
+    paths["unreadable"] = str(unreadable)
+    args, message = BAD_CASES[case]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["build", *[a.format(**paths) for a in args], "--no-cache", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert message in lines[0]
+    assert not any(out.rglob("*.onnx")) and not (out / "report.json").exists()
+    assert not Path("/tmp/secompile-evil-marker").exists(), "pickled code must never run"
+
+
+@requires_shared
+def test_unwritable_output_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = _cli("build", "gtcrn", "--weights", VCTK, "--out", blocker / "sub")
+    assert result.exit_code == 2
+    assert "is not writable" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_listing_commands() -> None:
+    passes = _cli("passes")
+    assert passes.exit_code == 0
+    assert all(name in passes.output for name in ("fuse-conv-bn", "export-onnx", "validate"))
+    targets = _cli("targets")
+    assert "cpu" in targets.output and "available" in targets.output

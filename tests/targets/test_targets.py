@@ -1,0 +1,65 @@
+"""Tests for the target registry and the cpu target (``targets``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from compiler.errors import TargetError
+from compiler.pipeline import PipelineSpec
+from targets import TARGETS, Target, get_target, require_available
+
+
+def test_cpu_target_is_registered() -> None:
+    cpu = get_target("cpu")
+    assert isinstance(cpu, Target)
+    assert cpu.name == "cpu"
+    assert cpu is TARGETS["cpu"]
+    assert cpu.artifact_format == "onnx"
+    assert cpu.precision == "fp32"
+    assert "CPUExecutionProvider" in cpu.execution_providers
+
+
+def test_cpu_target_is_available_here() -> None:
+    pytest.importorskip("onnxruntime", reason="the cpu target needs onnxruntime")
+    cpu = get_target("cpu")
+    assert cpu.unavailable_reason() is None
+    require_available(cpu)  # does not raise
+
+
+@pytest.mark.parametrize("name", ["tpu", "CPU", "", "cpu "])
+def test_unknown_target_lists_known_ones(name: str) -> None:
+    with pytest.raises(TargetError) as info:
+        get_target(name)
+    message = str(info.value)
+    assert f"'{name}'" in message
+    assert "cpu" in message.split("known targets:")[1]
+    assert info.value.exit_code == 2
+
+
+def test_require_available_names_target_and_reason() -> None:
+    broken = dataclasses.replace(
+        get_target("cpu"), name="broken", availability=lambda: "no such runtime"
+    )
+    with pytest.raises(TargetError, match="'broken'.*no such runtime"):
+        require_available(broken)
+
+
+def test_target_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        get_target("cpu").opset = 9  # type: ignore[misc]
+
+
+def test_cpu_supports_its_default_passes() -> None:
+    cpu = get_target("cpu")
+    spec = PipelineSpec.parse(cpu.default_pipeline)
+    assert all(cpu.supports(p.name) for p in spec.passes)
+    assert not cpu.supports("no-such-pass")
+
+
+def test_cpu_default_pipeline_resolves() -> None:
+    cpu = get_target("cpu")
+    passes = PipelineSpec.parse(cpu.default_pipeline).resolve(cpu)
+    assert len(passes) == 3
+    assert [p.name for p in passes] == ["fuse-conv-bn", "export-onnx", "validate"]
