@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ from torch import nn
 
 from compiler.artifact import Artifact
 from compiler.context import PassContext
+from compiler.graph import module_path, op_name, trace_graph
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -61,29 +61,25 @@ def fold_batchnorm(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
 def find_conv_bn_pairs(module: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
     """(conv path, batchnorm path) pairs where the BN is the conv output's only consumer.
 
-    The data flow comes from ``torch.export`` (module attribute order proves nothing); a conv
-    or BN called more than once is left alone, since folding would change its other uses.
+    A conv or BN called more than once is left alone, since folding would change its other
+    uses.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # GRU flat-weight notices; not actionable here
-        graph = torch.export.export(module, (example,), strict=False).graph
+    graph = trace_graph(module, example)
     calls: Counter[str] = Counter()
-    owner = {}
     for node in graph.nodes:
-        stack = node.meta.get("nn_module_stack")
-        if node.op == "call_function" and stack:
-            path = list(stack.values())[-1][0]
-            owner[node] = path
-            if any(kind in str(node.target) for kind in ("conv", "batch_norm")):
-                calls[path] += 1
+        path = module_path(node)
+        if node.op == "call_function" and path and op_name(node).startswith(("conv", "batch_norm")):
+            calls[path] += 1
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_function" or "batch_norm" not in str(node.target):
+        if node.op != "call_function" or op_name(node) != "batch_norm":
             continue
         source = node.args[0]
         if not isinstance(source, torch.fx.Node) or len(source.users) != 1:
             continue
-        conv_path, bn_path = owner.get(source), owner.get(node)
+        if not op_name(source).startswith("conv"):
+            continue
+        conv_path, bn_path = module_path(source), module_path(node)
         if conv_path and bn_path and calls[conv_path] == 1 and calls[bn_path] == 1:
             pairs.append((conv_path, bn_path))
     return pairs

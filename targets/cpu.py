@@ -22,7 +22,7 @@ CPU = Target(
     artifact_format="onnx",
     opset=17,
     execution_providers=("CPUExecutionProvider",),
-    default_pipeline="fuse-conv-bn,export-onnx,validate",
-    supported_passes=frozenset({"fuse-conv-bn", "export-onnx", "validate"}),
+    default_pipeline="fuse-conv-bn,merge-grouped-gru,export-onnx,validate",
+    supported_passes=frozenset({"fuse-conv-bn", "merge-grouped-gru", "export-onnx", "validate"}),
     availability=_cpu_availability,
 )

@@ -61,5 +61,5 @@ def test_cpu_supports_its_default_passes() -> None:
 def test_cpu_default_pipeline_resolves() -> None:
     cpu = get_target("cpu")
     passes = PipelineSpec.parse(cpu.default_pipeline).resolve(cpu)
-    assert len(passes) == 3
-    assert [p.name for p in passes] == ["fuse-conv-bn", "export-onnx", "validate"]
+    assert [p.name for p in passes] == [
+        "fuse-conv-bn", "merge-grouped-gru", "export-onnx", "validate"]
