@@ -1,4 +1,4 @@
-"""Regenerate the project's demo audio: ``models/demo/demo_{noisy,clean}.wav``.
+"""Regenerate the project's demo audio: ``models/demo_audio/{noisy,clean}/demo.wav``.
 
 ``python -m models.make_demo`` synthesises a sentence with espeak-ng, adds synthetic noise
 (pink noise, babble-like noise and a little mains hum) at 5 dB SNR and writes both files as
@@ -14,8 +14,8 @@ import numpy as np
 import soundfile as sf
 
 from calibration.synthetic import SAMPLE_RATE, espeak_speech, make_noise, mix_at_snr
+from models.registry import DEMO_DIR
 
-DEMO_DIR = Path(__file__).parent / "demo"
 TEXT = "Please call Stella and ask her to bring these things with her from the store."
 SNR_DB = 5.0
 SEED = 2024
@@ -39,15 +39,15 @@ def make_demo(seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Write the demo files (``--out-dir`` defaults to ``models/demo``)."""
+    """Write the demo pair (``--out-dir`` defaults to ``models/demo_audio``)."""
     parser = argparse.ArgumentParser(prog="python -m models.make_demo", description=__doc__)
     parser.add_argument("--out-dir", type=Path, default=DEMO_DIR)
     args = parser.parse_args(argv)
     noisy, clean = make_demo()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, audio in (("demo_noisy.wav", noisy), ("demo_clean.wav", clean)):
-        sf.write(args.out_dir / name, audio, SAMPLE_RATE, subtype="PCM_16")
-    print(f"wrote {args.out_dir}/demo_noisy.wav and demo_clean.wav "
+    for kind, audio in (("noisy", noisy), ("clean", clean)):
+        (args.out_dir / kind).mkdir(parents=True, exist_ok=True)
+        sf.write(args.out_dir / kind / "demo.wav", audio, SAMPLE_RATE, subtype="PCM_16")
+    print(f"wrote {args.out_dir}/noisy/demo.wav and clean/demo.wav "
           f"({noisy.size / SAMPLE_RATE:.2f} s, {SNR_DB:.0f} dB SNR)")
 
 

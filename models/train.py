@@ -1,6 +1,6 @@
 """Train the default model on the project's own synthetic data; also a reusable training loop.
 
-Run ``python -m models.train --out models/weights/secompile_default.pt --steps 1200 --seed 0``
+Run ``python -m models.train --out models/weights/secompile_default.pt --steps 800 --seed 0``
 to reproduce the shipped checkpoint (see ``models/README.md`` for the exact command used).
 The data are generated on the fly by :mod:`calibration.synthetic` (espeak-ng speech, synthetic
 noise); nothing is downloaded. ``--eval-dir`` points at a folder with ``noisy/`` and ``clean/``
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="where to save the core's state_dict")
-    parser.add_argument("--steps", type=int, default=1200, help="Adam steps (default 1200)")
+    parser.add_argument("--steps", type=int, default=800, help="Adam steps (default 800)")
     parser.add_argument("--minutes", type=float, default=25.0,
                         help="wall-clock cap on the training loop (default 25)")
     parser.add_argument("--seed", type=int, default=0)

@@ -174,3 +174,18 @@ def test_listing_commands() -> None:
     assert all(name in passes.output for name in ("fuse-conv-bn", "export-onnx", "validate"))
     targets = _cli("targets")
     assert "cpu" in targets.output and "available" in targets.output
+
+
+def test_default_build_is_the_readme_main_job(tmp_path: Path) -> None:
+    """``secompile build --out DIR``: the shipped model, its demo pair, the default pipeline."""
+    out = tmp_path / "build"
+    result = _cli("build", "--no-cache", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["name"] == "default"
+    cpu = report["targets"]["cpu"]
+    assert [p["name"] for p in cpu["passes"]] == [
+        "fuse-conv-bn", "merge-grouped-gru", "export-onnx", "validate"]
+    assert cpu["quality"]["eval_set"].endswith("demo_audio")
+    assert cpu["quality"]["artifact"]["si_sdr"] > cpu["quality"]["noisy"]["si_sdr"] + 2
+    assert abs(cpu["quality_delta"]["si_sdr"]) <= 0.01

@@ -26,6 +26,8 @@ def test_exports_portable_onnx_with_dynamic_axes(tiny, make_ctx) -> None:
     assert {op.domain for op in model.opset_import} <= {"", "ai.onnx"}, "standard ops only"
     assert result.metrics["opset"] == 17
     assert result.metrics["dft_bases_compacted"] == 2
+    assert result.metrics["prelu_rewritten"] == 1
+    assert "PRelu" not in {n.op_type for n in model.graph.node}
     runner = OrtRunner(art.path, 1)
     for length in (8000, 16001, 23456):  # any length, any batch
         wav = np.repeat(noise_audio(length / 16000), 3, axis=0)
@@ -55,8 +57,34 @@ def test_gtcrn_parity_on_real_audio(make_ctx) -> None:
 
 @pytest.mark.parametrize("options", [
     {"opset": 7}, {"simplify": "magic"}, {"ort_level": "max"}, {"parity_tolerance": -1},
-    {"compact_dft": "yes"}, {"unknown": 1},
+    {"compact_dft": "yes"}, {"fast_prelu": 0}, {"unknown": 1},
 ])
 def test_config_errors(options: dict) -> None:
     with pytest.raises(ConfigError, match="export-onnx"):
         ExportOnnxConfig.from_options(options, "export-onnx")
+
+
+@pytest.mark.parametrize("slope, op", [
+    (np.array([0.25], np.float32), "LeakyRelu"),
+    (np.array([0.1, 0.9, 0.0], np.float32).reshape(3, 1), "Max"),
+    (np.array([0.1, -0.5, 2.0], np.float32).reshape(3, 1), "PRelu"),  # not provably Max(x, ax)
+])
+def test_prelu_rewrite_is_exact(slope: np.ndarray, op: str, tmp_path) -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from passes.export_onnx import rewrite_prelu
+
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["x", "slope"], ["y"], name="act")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5])],
+        [numpy_helper.from_array(slope, "slope")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    rewritten = rewrite_prelu(model)
+    assert rewritten == (op != "PRelu")
+    assert op in {n.op_type for n in model.graph.node}
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert np.array_equal(before, after)
