@@ -67,14 +67,15 @@ class PassConfig:
 
     def canonical(self) -> str:
         """Options in canonical text form: ``key=value`` pairs, sorted, space separated."""
-        return " ".join(f"{k}={_format_value(v)}" for k, v in sorted(self.as_dict().items()))
+        return " ".join(f"{k}={format_option_value(v)}" for k, v in sorted(self.as_dict().items()))
 
 
-def _format_value(value: Any) -> str:
+def format_option_value(value: Any) -> str:
+    """An option value in pipeline-text form (``true``, ``[1,2]``, ``17``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_format_value(v) for v in value) + "]"
+        return "[" + ",".join(format_option_value(v) for v in value) + "]"
     return str(value)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compiler.errors import ConfigError
-from compiler.passes import Pass, PassConfig, _format_value, get_pass
+from compiler.passes import Pass, PassConfig, format_option_value, get_pass
 
 if TYPE_CHECKING:
     from targets.base import Target
@@ -39,7 +39,7 @@ class PassSpec:
         """The entry in textual form, e.g. ``export-onnx{opset=17}``."""
         if not self.options:
             return self.name
-        body = " ".join(f"{k}={_format_value(v)}" for k, v in self.options)
+        body = " ".join(f"{k}={format_option_value(v)}" for k, v in self.options)
         return f"{self.name}{{{body}}}"
 
 

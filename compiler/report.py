@@ -59,6 +59,7 @@ def target_entry(name: str, run: Any, artifact_rel: str) -> dict[str, Any]:
         "quality": {k: q[k] for k in ("noisy", "baseline", "artifact", "buckets", "files",
                                       "eval_set", "max_abs_vs_baseline") if k in q} or None,
         "latency_ms": v.get("latency_ms"),
+        "timing": v.get("timing"),
         "throughput_rps": v.get("throughput_rps"),
         "peak_rss_mb": v.get("peak_rss_mb"),
         "size_bytes": v.get("size_bytes"),
@@ -175,6 +176,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                              f"| {t['peak_rss_mb']['artifact']} |")
             size = t["size_bytes"]
             lines.append(f"| size on disk (bytes) | {size['baseline']} | {size['artifact']} |")
+            timing = t["timing"] or {}
+            lines += ["", (f"Timing: interleaved, medians; "
+                      f"{timing.get('blocks_rerun_for_outside_load', 0)} block(s) re-run for "
+                      f"outside CPU load, {timing.get('blocks_measured_under_outside_load', 0)} "
+                      "kept under load after retries (treat ratios under 1.2x as noise then).")]
         q = t["quality"]
         if q:
             lines += ["", f"Quality on {q['files']} pairs from `{q['eval_set']}`:", "",

@@ -74,6 +74,6 @@ def make_runner(artifact: object, threads: int) -> Runner:
     raise ValueError(f"no runner for artifact format {artifact.format!r}")
 
 
-def enhance_batched(runner: Runner, clips: list[np.ndarray]) -> list[np.ndarray]:
+def enhance_each(runner: Runner, clips: list[np.ndarray]) -> list[np.ndarray]:
     """Enhance clips one at a time (batch 1, full length), as a deployed model would."""
     return [runner(clip[None, :])[0] for clip in clips]

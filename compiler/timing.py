@@ -66,10 +66,12 @@ def other_load(run: Callable[[], None]) -> float:
 
 @dataclass
 class InterleavedResult:
-    """Per-candidate stats plus how many blocks were re-run because of outside load."""
+    """Per-candidate stats; how many blocks were re-run because of outside load, and how many
+    were kept although the load persisted through every retry."""
 
     stats: dict[str, TimingStats]
     noisy_blocks: int
+    loaded_blocks: int = 0
 
     def p50_ratio(self, slow: str, fast: str) -> float:
         """``p50(slow) / p50(fast)``: a speedup when ``fast`` is the optimized side."""
@@ -90,7 +92,7 @@ def measure_interleaved(
             fn()
     stats = {name: TimingStats() for name in candidates}
     per_block = max(1, -(-repeats // blocks))
-    noisy = 0
+    noisy = loaded = 0
     done = 0
     while done < repeats:
         rounds = min(per_block, repeats - done)
@@ -108,10 +110,13 @@ def measure_interleaved(
                         block[name].append((time.perf_counter() - t0) * 1e3)
 
             load = other_load(run_block)
-            if load <= busy_threshold or attempt == max_block_retries:
+            if load <= busy_threshold:
+                break
+            if attempt == max_block_retries:
+                loaded += 1
                 break
             noisy += 1
         for name, samples in block.items():
             stats[name].samples_ms.extend(samples)
         done += rounds
-    return InterleavedResult(stats, noisy)
+    return InterleavedResult(stats, noisy, loaded)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import warnings
 from contextlib import redirect_stdout
@@ -14,6 +15,7 @@ import torch
 
 from compiler.artifact import Artifact
 from compiler.context import PassContext
+from compiler.errors import ConfigError
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 
 INPUT_NAME, OUTPUT_NAME = "noisy", "enhanced"
@@ -37,10 +39,19 @@ class ExportOnnxConfig(PassConfig):
             raise ValueError(f"opset must be between 13 and 21 (or 0), got {self.opset}")
         if self.simplify not in SIMPLIFIERS:
             raise ValueError(f"simplify must be one of {SIMPLIFIERS}, got {self.simplify!r}")
+        if self.simplify in ("onnxsim", "onnxslim") and not _importable(self.simplify):
+            raise ValueError(f"simplify={self.simplify}, but {self.simplify} is not installed")
         if self.ort_level not in ORT_LEVELS:
             raise ValueError(f"ort_level must be one of {ORT_LEVELS}, got {self.ort_level!r}")
         if not self.parity_tolerance > 0:
             raise ValueError(f"parity_tolerance must be > 0, got {self.parity_tolerance}")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _simplify(model: onnx.ModelProto, which: str) -> tuple[onnx.ModelProto, str]:
@@ -50,7 +61,7 @@ def _simplify(model: onnx.ModelProto, which: str) -> tuple[onnx.ModelProto, str]
             import onnxsim
         except ImportError:
             if which == "onnxsim":
-                raise
+                raise ConfigError("simplify=onnxsim, but onnxsim is not installed") from None
         else:
             simplified, ok = onnxsim.simplify(model)
             if ok:
@@ -62,7 +73,8 @@ def _simplify(model: onnx.ModelProto, which: str) -> tuple[onnx.ModelProto, str]
             import onnxslim
         except ImportError:
             if which == "onnxslim":
-                raise
+                raise ConfigError("simplify=onnxslim, but onnxslim is not installed "
+                                  "(pip install 'secompile[slim]')") from None
         else:
             return onnxslim.slim(model), f"onnxslim {onnxslim.__version__}"
     return model, "none"

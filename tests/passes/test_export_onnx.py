@@ -88,3 +88,16 @@ def test_prelu_rewrite_is_exact(slope: np.ndarray, op: str, tmp_path) -> None:
     assert op in {n.op_type for n in model.graph.node}
     after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     assert np.array_equal(before, after)
+
+
+def test_simplifier_falls_back_and_says_which_ran(tiny, make_ctx, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxsim", None)  # as if onnxsim could not install
+    monkeypatch.setitem(sys.modules, "onnxslim", None)
+    result = ExportOnnx().run(tiny, make_ctx(tiny))
+    assert result.metrics["simplifier"] == "none"
+    assert result.metrics["ort_offline_level"] == "basic"
+    assert parity_error(tiny, result.artifact, noise_audio(), 1) <= 1e-4
+    with pytest.raises(ConfigError, match="onnxsim is not installed"):
+        ExportOnnxConfig(simplify="onnxsim")  # refused up front, before any work
