@@ -129,7 +129,7 @@ def main() -> None:
     export_plain(model, plain_path)
     run_build(BuildRequest(model="gtcrn", weights=args.weights, eval=args.eval,
                            out=work / "build", threads=args.threads,
-                           pipeline="fuse-conv-bn,export-onnx"))
+                           pipeline="fuse-conv-bn,merge-grouped-gru,export-onnx"))
     artifact = work / "build" / "cpu" / "model.onnx"
     runners = {
         "torch-eager": TorchRunner(model, args.threads),
