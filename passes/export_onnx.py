@@ -16,6 +16,7 @@ import torch
 from compiler.artifact import Artifact
 from compiler.context import PassContext
 from compiler.errors import ConfigError
+from compiler.graph import example_batch
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 
 INPUT_NAME, OUTPUT_NAME = "noisy", "enhanced"
@@ -267,8 +268,7 @@ class ExportOnnx(Pass):
         if hasattr(module, "with_stft_impl"):
             module = module.with_stft_impl("conv")
             stft_placement = "in-graph: Conv with a windowed DFT basis, ConvTranspose overlap-add"
-        # Batch 2: a batch-1 example lets exporters specialise the batch axis to 1.
-        example = torch.as_tensor(ctx.parity_audio[:, : artifact.info.sample_rate]).repeat(2, 1)
+        example = example_batch(artifact, ctx.parity_audio)
         raw = ctx.pass_dir / "exported.onnx"
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")

@@ -11,7 +11,7 @@ from torch import nn
 
 from compiler.artifact import Artifact
 from compiler.context import PassContext
-from compiler.graph import module_path, op_name, trace_graph
+from compiler.graph import graph_of_artifact, module_path, op_name
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -58,13 +58,12 @@ def fold_batchnorm(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
         conv.bias = nn.Parameter(bias * scale + shift)
 
 
-def find_conv_bn_pairs(module: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
+def find_conv_bn_pairs(graph: torch.fx.Graph) -> list[tuple[str, str]]:
     """(conv path, batchnorm path) pairs where the BN is the conv output's only consumer.
 
     A conv or BN called more than once is left alone, since folding would change its other
     uses.
     """
-    graph = trace_graph(module, example)
     calls: Counter[str] = Counter()
     for node in graph.nodes:
         path = module_path(node)
@@ -102,16 +101,11 @@ class FuseConvBn(Pass):
 
     def run(self, artifact: Artifact, ctx: PassContext) -> PassResult:
         module = artifact.module
-        if isinstance(module, torch.jit.ScriptModule):
-            return PassResult(artifact, False, {"fused": 0, "skipped": "TorchScript module"})
-        example = torch.as_tensor(ctx.parity_audio[:, : artifact.info.sample_rate]).repeat(2, 1)
-        try:
-            pairs = find_conv_bn_pairs(module, example)
-        except Exception as exc:  # noqa: BLE001  (an untraceable model is reported, not fatal)
-            reason = f"torch.export could not trace the model: {type(exc).__name__}"
+        graph, reason = graph_of_artifact(artifact, ctx.parity_audio)
+        if graph is None:
             return PassResult(artifact, False, {"fused": 0, "skipped": reason})
         pairs = [
-            (c, b) for c, b in pairs
+            (c, b) for c, b in find_conv_bn_pairs(graph)
             if isinstance(module.get_submodule(c), _CONVS + _TRANSPOSED)
             and isinstance(module.get_submodule(b), _NORMS)
             and not module.get_submodule(b).training

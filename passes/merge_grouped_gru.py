@@ -10,7 +10,7 @@ from torch import nn
 
 from compiler.artifact import Artifact
 from compiler.context import PassContext
-from compiler.graph import module_path, op_name, trace_graph, within
+from compiler.graph import graph_of_artifact, module_path, op_name, within
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 
 
@@ -76,11 +76,10 @@ def _mergeable(grus: list[nn.Module]) -> bool:
     ) and len({id(g) for g in grus}) == len(grus)
 
 
-def find_grouped_grus(module: nn.Module, example: torch.Tensor) -> list[tuple[str, list[str]]]:
+def find_grouped_grus(graph: torch.fx.Graph) -> list[tuple[str, list[str]]]:
     """(container path, GRU paths in slice order) for each container whose whole forward is
     ``chunk(x, k, dim=-1) -> GRU_i(slice_i) -> cat(outputs, dim=-1)`` with default zero
     initial states and unused final states, called once."""
-    graph = trace_graph(module, example)
     found = []
     for cat in graph.nodes:
         if cat.op != "call_function" or op_name(cat) != "cat" or cat.args[1:] not in ((-1,), ()):
@@ -135,15 +134,10 @@ class MergeGroupedGru(Pass):
 
     def run(self, artifact: Artifact, ctx: PassContext) -> PassResult:
         module = artifact.module
-        if isinstance(module, torch.jit.ScriptModule):
-            return PassResult(artifact, False, {"merged": 0, "skipped": "TorchScript module"})
-        example = torch.as_tensor(ctx.parity_audio[:, : artifact.info.sample_rate]).repeat(2, 1)
-        try:
-            groups = find_grouped_grus(module, example)
-        except Exception as exc:  # noqa: BLE001  (an untraceable model is reported, not fatal)
-            reason = f"torch.export could not trace the model: {type(exc).__name__}"
+        graph, reason = graph_of_artifact(artifact, ctx.parity_audio)
+        if graph is None:
             return PassResult(artifact, False, {"merged": 0, "skipped": reason})
-        groups = [(scope, paths) for scope, paths in groups
+        groups = [(scope, paths) for scope, paths in find_grouped_grus(graph)
                   if _mergeable([module.get_submodule(p) for p in paths])]
         if not groups:
             return PassResult(artifact, False, {"merged": 0})
