@@ -21,11 +21,14 @@ def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
     return resample_poly(wav, target_rate // g, source_rate // g).astype(np.float32)
 
 
-def read_audio(path: Path, sample_rate: int, allow_resample: bool = False) -> np.ndarray:
+def read_audio(
+    path: Path, sample_rate: int, allow_resample: bool = False, min_samples: int = 1
+) -> np.ndarray:
     """Read a mono audio file as float32 at ``sample_rate``.
 
-    Raises ``DataError`` naming the file when it is unreadable, stereo, empty, holds NaN or
-    infinite samples, or has another rate while resampling is not allowed.
+    Raises ``DataError`` naming the file when it is unreadable, stereo, empty or shorter than
+    ``min_samples``, holds NaN or infinite samples, or has another rate while resampling is
+    not allowed.
     """
     path = Path(path)
     try:
@@ -46,6 +49,10 @@ def read_audio(path: Path, sample_rate: int, allow_resample: bool = False) -> np
                 "(allow resampling to convert it)"
             )
         wav = resample(wav, rate, sample_rate)
+    if wav.size < min_samples:
+        raise DataError(
+            f"{path} is too short: {wav.size} samples, the model needs at least {min_samples}"
+        )
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 

@@ -50,6 +50,7 @@ class AudioFolder:
     files: tuple[Path, ...]
     sample_rate: int
     allow_resample: bool = False
+    min_samples: int = 1
 
     @classmethod
     def scan(
@@ -59,14 +60,16 @@ class AudioFolder:
         limit: int | None = None,
         seed: int = 0,
         allow_resample: bool = False,
+        min_samples: int = 1,
     ) -> AudioFolder:
         """The (optionally subsampled, deterministic) audio files of ``folder``."""
         files = _subset(_audio_files(Path(folder)), limit, seed)
-        return cls(tuple(files), sample_rate, allow_resample)
+        return cls(tuple(files), sample_rate, allow_resample, min_samples)
 
     def load(self) -> list[np.ndarray]:
         """Every file as float32 at ``sample_rate`` (``DataError`` on bad audio)."""
-        return [read_audio(p, self.sample_rate, self.allow_resample) for p in self.files]
+        return [read_audio(p, self.sample_rate, self.allow_resample, self.min_samples)
+                for p in self.files]
 
     def fingerprint(self) -> str:
         """Hash of the chosen files' names and bytes."""
@@ -90,6 +93,7 @@ class PairedFolder:
     names: tuple[str, ...]
     sample_rate: int
     allow_resample: bool = False
+    min_samples: int = 1
 
     @classmethod
     def scan(
@@ -99,6 +103,7 @@ class PairedFolder:
         limit: int | None = None,
         seed: int = 0,
         allow_resample: bool = False,
+        min_samples: int = 1,
     ) -> PairedFolder:
         """Pairs of ``root/noisy/X`` and ``root/clean/X`` (``DataError`` when none match)."""
         root = Path(root)
@@ -109,7 +114,8 @@ class PairedFolder:
         names = sorted(noisy & clean)
         if not names:
             raise DataError(f"no file names match between {root}/clean and {root}/noisy")
-        return cls(root, tuple(_subset(names, limit, seed)), sample_rate, allow_resample)
+        names = tuple(_subset(names, limit, seed))
+        return cls(root, names, sample_rate, allow_resample, min_samples)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -117,9 +123,10 @@ class PairedFolder:
     def load(self) -> list[AudioPair]:
         """Every pair, trimmed to the shorter of the two files."""
         pairs = []
+        read = (self.sample_rate, self.allow_resample, self.min_samples)
         for name in self.names:
-            noisy = read_audio(self.root / "noisy" / name, self.sample_rate, self.allow_resample)
-            clean = read_audio(self.root / "clean" / name, self.sample_rate, self.allow_resample)
+            noisy = read_audio(self.root / "noisy" / name, *read)
+            clean = read_audio(self.root / "clean" / name, *read)
             n = min(len(noisy), len(clean))
             pairs.append(AudioPair(name, noisy[:n], clean[:n]))
         return pairs

@@ -25,6 +25,12 @@ class ModelInfo:
     stft: dict[str, Any] | None = None
     params: int | None = None
 
+    @property
+    def min_samples(self) -> int:
+        """Shortest input the model accepts: a spectral model's centre padding needs more than
+        half an FFT frame of audio."""
+        return self.stft["n_fft"] // 2 + 1 if self.stft else 1
+
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form for manifests and reports."""
         return {
@@ -34,6 +40,7 @@ class ModelInfo:
             "weights_sha256": self.weights_sha256,
             "stft": self.stft,
             "params": self.params,
+            "min_samples": self.min_samples,
         }
 
 

@@ -106,8 +106,10 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     eval_root = request.eval
     if eval_root is None and artifact.info.name == "default":
         eval_root = DEMO_DIR
-    evaluation = PairedFolder.scan(eval_root, rate) if eval_root else None
-    calibration = AudioFolder.scan(request.calib, rate, seed=request.seed) if request.calib else None
+    shortest = artifact.info.min_samples
+    evaluation = PairedFolder.scan(eval_root, rate, min_samples=shortest) if eval_root else None
+    calibration = (AudioFolder.scan(request.calib, rate, seed=request.seed, min_samples=shortest)
+                   if request.calib else None)
     for dataset in (evaluation, calibration):
         if dataset is not None:
             dataset.load()  # bad audio fails here, before any pass runs

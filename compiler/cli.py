@@ -110,8 +110,9 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
     click.echo(f"report: {out / 'report.md'}")
 
 
-def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int]:
-    """A runner and its sample rate for an ONNX file, a build folder or a model reference."""
+def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int, int]:
+    """A runner, its sample rate and its shortest accepted input, for an ONNX file, a build
+    folder or a model reference."""
     import onnx
 
     from compiler.runtime import OrtRunner, TorchRunner
@@ -131,9 +132,11 @@ def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int]
                      .metadata_props}
         except Exception as exc:  # noqa: BLE001  (protobuf raises several types)
             raise ModelError(f"{path} is not a readable ONNX model: {exc}") from None
-        return OrtRunner(path, threads), int(props.get("secompile.sample_rate", 16000))
+        rate = int(props.get("secompile.sample_rate", 16000))
+        return OrtRunner(path, threads), rate, int(props.get("secompile.min_samples", 1))
     artifact = load_model(ref, weights)
-    return TorchRunner(artifact.module, threads), artifact.info.sample_rate
+    info = artifact.info
+    return TorchRunner(artifact.module, threads), info.sample_rate, info.min_samples
 
 
 @main.command()
@@ -151,8 +154,8 @@ def enhance(artifact: str, inputs: tuple[Path, ...], out: Path, weights: Path | 
     from calibration.audio import read_audio, write_audio
     from compiler.build import check_writable
 
-    runner, rate = _runner_for(artifact, weights, threads)
-    audio = [read_audio(p, rate, allow_resample=resample) for p in inputs]
+    runner, rate, shortest = _runner_for(artifact, weights, threads)
+    audio = [read_audio(p, rate, allow_resample=resample, min_samples=shortest) for p in inputs]
     check_writable(out)
     for path, wav in zip(inputs, audio, strict=True):
         enhanced = runner(wav[None, :])[0]

@@ -297,6 +297,7 @@ class ExportOnnx(Pass):
         props = {
             "secompile.model": artifact.info.name,
             "secompile.sample_rate": str(artifact.info.sample_rate),
+            "secompile.min_samples": str(artifact.info.min_samples),
             "secompile.stft": stft_placement,
         }
         onnx.helper.set_model_props(model, props)

@@ -168,3 +168,11 @@ def test_reads_real_voicebank_file() -> None:
     assert len(wav) > RATE  # more than a second of speech
     assert np.all(np.abs(wav) <= 1.0)
     assert float(np.sqrt(np.mean(wav**2))) > 1e-3
+
+
+def test_shorter_than_min_samples_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "short.wav"
+    sf.write(path, np.zeros(100, dtype=np.float32), 16000)
+    assert read_audio(path, 16000, min_samples=100).size == 100
+    with pytest.raises(DataError, match=r"too short: 100 samples, the model needs at least 257"):
+        read_audio(path, 16000, min_samples=257)

@@ -189,3 +189,17 @@ def test_default_build_is_the_readme_main_job(tmp_path: Path) -> None:
     assert cpu["quality"]["eval_set"].endswith("demo_audio")
     assert cpu["quality"]["artifact"]["si_sdr"] > cpu["quality"]["noisy"]["si_sdr"] + 2
     assert abs(cpu["quality_delta"]["si_sdr"]) <= 0.01
+
+
+def test_enhance_refuses_audio_shorter_than_a_frame(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    built = _cli("build", TINY_REF, "--pipeline", "fuse-conv-bn,export-onnx", "--no-cache",
+                 "--out", out, "--calib", _wav_folder(tmp_path / "calib"))
+    assert built.exit_code == 0, built.output
+    short = _wav_folder(tmp_path / "short", samples=40) / "a.wav"
+    result = _cli("enhance", out, short, "-o", tmp_path / "enh")
+    assert result.exit_code == 2
+    assert "too short: 40 samples, the model needs at least 65" in result.output
+    assert not (tmp_path / "enh" / "a.wav").exists()
+    ok = _cli("enhance", out, _wav_folder(tmp_path / "ok") / "a.wav", "-o", tmp_path / "enh")
+    assert ok.exit_code == 0 and (tmp_path / "enh" / "a.wav").is_file()
