@@ -49,12 +49,16 @@ class PlainOnnx:
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         import torch
 
+        previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
-        with torch.inference_mode():
-            x = torch.from_numpy(wav)
-            spec = self.wrapper.analyse(x).numpy()
-            out = self.session.run(None, {"spec": spec})[0]
-            return self.wrapper.synthesise(torch.from_numpy(out), x.shape[-1]).numpy()
+        try:
+            with torch.inference_mode():
+                x = torch.from_numpy(wav)
+                spec = self.wrapper.analyse(x).numpy()
+                out = self.session.run(None, {"spec": spec})[0]
+                return self.wrapper.synthesise(torch.from_numpy(out), x.shape[-1]).numpy()
+        finally:
+            torch.set_num_threads(previous)
 
 
 def export_plain(wrapper, path: Path) -> None:

@@ -37,10 +37,19 @@ def pesq_wb(estimate: np.ndarray, reference: np.ndarray, sample_rate: int) -> fl
 
 
 def estoi(estimate: np.ndarray, reference: np.ndarray, sample_rate: int) -> float:
-    """Extended short-time objective intelligibility (Jensen & Taal, 2016)."""
+    """Extended short-time objective intelligibility (Jensen & Taal, 2016); NaN for clips too
+    short to score (pystoi needs 30 frames of speech and answers 1e-5 or fails below that)."""
+    import warnings
+
     from pystoi import stoi
 
-    return float(stoi(reference, estimate, sample_rate, extended=True))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            score = float(stoi(reference, estimate, sample_rate, extended=True))
+    except (ValueError, IndexError, np.exceptions.AxisError):
+        return float("nan")
+    return float("nan") if score == 1e-5 else score
 
 
 def quality(estimate: np.ndarray, reference: np.ndarray, sample_rate: int) -> dict[str, float]:

@@ -22,6 +22,7 @@ class ModelInfo:
     sample_rate: int
     source: dict[str, Any]
     weights_sha256: str | None = None
+    code_sha256: str | None = None  # a user model's own code (factory file, TorchScript)
     stft: dict[str, Any] | None = None
     params: int | None = None
 
@@ -38,6 +39,7 @@ class ModelInfo:
             "sample_rate": self.sample_rate,
             "source": self.source,
             "weights_sha256": self.weights_sha256,
+            "code_sha256": self.code_sha256,
             "stft": self.stft,
             "params": self.params,
             "min_samples": self.min_samples,
@@ -73,10 +75,12 @@ class Artifact:
         return replace(self, lineage=(*self.lineage, pass_name), metadata=metadata, **changes)
 
     def content_hash(self) -> str:
-        """sha256 of what the model computes: its weights and structure, or its file bytes."""
+        """sha256 of what the model computes: its structure, weights and (for a user model)
+        the code of its ``forward``; or its file bytes."""
         digest = hashlib.sha256()
         if self.format == "torch":
             digest.update(module_fingerprint(self.module).encode())
+            digest.update(str(self.info.code_sha256).encode())
         else:
             digest.update(file_sha256(self.path).encode())
         return digest.hexdigest()

@@ -20,7 +20,7 @@ from calibration.audio import read_audio
 from calibration.datasets import AudioFolder, PairedFolder
 from compiler.cache import PassCache
 from compiler.context import PassContext
-from compiler.errors import DataError, OutputError
+from compiler.errors import OutputError
 from compiler.manager import PassManager, PipelineRun
 from compiler.pipeline import PipelineSpec
 from compiler.report import build_report, manifest, render_markdown, write_json
@@ -40,31 +40,30 @@ class BuildRequest:
     pipeline: str | None = None
     calib: Path | None = None
     eval: Path | None = None
-    threads: int = 2
+    threads: int = 1
     cache_dir: Path | None = None
     seed: int = 0
 
 
-def check_writable(out: Path) -> None:
-    """Create ``out`` if needed and prove a file can be written there (``OutputError``)."""
+def check_writable(folder: Path, what: str = "output folder") -> None:
+    """Create ``folder`` if needed and prove a file can be written there (``OutputError``)."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
             pass
     except OSError as exc:
-        raise OutputError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
+        raise OutputError(f"{what} {folder} is not writable: {exc.strerror or exc}") from None
 
 
 def _parity_audio(evaluation: PairedFolder | None, calibration: AudioFolder | None,
-                  demo: Path | None, rate: int) -> np.ndarray:
+                  demo: Path, rate: int) -> np.ndarray:
+    """A real clip ``[1, <= 4 s]`` for parity checks: evaluation, calibration or demo audio."""
     if evaluation is not None:
         clip = evaluation.load()[0].noisy
     elif calibration is not None:
         clip = calibration.load()[0]
-    elif demo is not None:
-        clip = read_audio(demo, rate)
-    else:
-        raise DataError("no audio for parity checks: pass --eval or --calib")
+    else:  # the project's own demo clip, resampled to the model's rate
+        clip = read_audio(demo, rate, allow_resample=True)
     need = PARITY_SECONDS * rate
     clip = np.tile(clip, -(-need // len(clip)))[:need] if len(clip) < rate else clip[:need]
     return clip[None, :].astype(np.float32)
@@ -87,7 +86,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     """Run a build end to end and return the report (also written to ``out``)."""
     from models.registry import DEMO_DIR, load_model
 
-    targets = [get_target(name) for name in request.targets]
+    targets = [get_target(name) for name in dict.fromkeys(request.targets)]  # once each
     for target in targets:
         require_available(target)
     specs = {t.name: PipelineSpec.load(request.pipeline or t.default_pipeline) for t in targets}
@@ -96,15 +95,20 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     def listener(record: dict[str, Any]) -> None:
         extra = "cache hit" if record["cache"] == "hit" else f"{record.get('seconds', 0):.2f} s"
         log(f"  {record['name']}: {extra}, modified={record['modified']}")
+        metrics = record["metrics"]
+        if metrics.get("skipped"):
+            log(f"  warning: {record['name']} did not apply: {metrics['skipped']}")
+        if metrics.get("simplifier") == "none":
+            log("  warning: no ONNX simplifier installed (onnxsim, onnxslim); "
+                "only ONNX Runtime's optimizer ran")
 
     managers = {t.name: PassManager.from_spec(specs[t.name], t, cache=cache, listener=listener)
                 for t in targets}
-    check_writable(request.out)
 
     artifact = load_model(request.model, request.weights)
     rate = artifact.info.sample_rate
     eval_root = request.eval
-    if eval_root is None and artifact.info.name == "default":
+    if eval_root is None and request.model in (None, "default"):
         eval_root = DEMO_DIR
     shortest = artifact.info.min_samples
     evaluation = PairedFolder.scan(eval_root, rate, min_samples=shortest) if eval_root else None
@@ -114,6 +118,9 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
         if dataset is not None:
             dataset.load()  # bad audio fails here, before any pass runs
     parity = _parity_audio(evaluation, calibration, DEMO_DIR / "noisy" / "demo.wav", rate)
+    check_writable(request.out)
+    if request.cache_dir:
+        check_writable(request.cache_dir, "cache folder")
     log(f"model {artifact.info.name}: {artifact.info.params} parameters, {rate} Hz")
 
     runs: dict[str, PipelineRun] = {}

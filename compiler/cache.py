@@ -1,13 +1,23 @@
 """Content-addressed cache of pass outputs.
 
-A key is the sha256 of the pass's input (the previous key, or the input model's hash), the
-pass name, its canonical config, the pass's own extra inputs (evaluation data, threads...),
-library versions and a hash of secompile's code. An entry holds the output artifact (ONNX file,
-or a pickled torch module), the pass's metrics and the files it wrote. Entries are written to a
-temporary folder and renamed into place, so a crash never leaves a half entry.
+A key is the sha256 of the pass's input (the previous pass's key, or the input model's hash),
+the pass name, its canonical config, the pass's own extra inputs (evaluation data, threads...),
+library versions and a hash of secompile's code, so every key of a pipeline is known before
+anything runs. Entries are written to a temporary folder and renamed into place, so a crash
+never leaves a half entry; an unreadable entry is a miss.
 
-Torch modules are stored with ``torch.save`` and read back with ``weights_only=False``: the
-cache only ever loads files that secompile itself wrote into it.
+An entry holds the pass's metrics and files and one of three outputs:
+
+``file``
+    the output artifact's file (an ONNX model), stored and served as is;
+``passthrough``
+    the pass returned its input unchanged (``validate``, a rewrite that did not apply);
+``torch``
+    an in-memory torch module: only recorded, never stored. Pickling a module would need
+    the user's code at load time and unpickling is code execution, so a cache that loads only
+    data is the safe one. The manager instead resumes after the last cached file artifact;
+    the torch passes before it are reported as hits, and a torch pass whose successor is not
+    cached simply runs again.
 """
 
 from __future__ import annotations
@@ -17,14 +27,15 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from compiler.artifact import Artifact
 from compiler.passes import PassResult
 
-_ENTRY_VERSION = 1
+_ENTRY_VERSION = 2
+KINDS = ("file", "passthrough", "torch")
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -34,11 +45,28 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class CacheHit:
-    """A stored pass output, ready to be turned back into a ``PassResult``."""
+class CacheEntry:
+    """A stored pass outcome (see the module docstring for ``kind``)."""
 
     key: str
-    result: PassResult
+    kind: str
+    folder: Path
+    meta: dict[str, Any]
+
+    def result(self, source: Artifact) -> PassResult:
+        """The cached ``PassResult`` for input ``source`` (not for ``torch`` entries)."""
+        if self.kind == "passthrough":
+            artifact = source
+        elif self.kind == "file":
+            artifact = replace(
+                source, format=self.meta["format"], module=None,
+                path=self.folder / self.meta["payload"], metadata=self.meta["metadata"],
+                lineage=tuple(self.meta["lineage"]),
+            )
+        else:
+            raise ValueError("a torch cache entry records a result but cannot rebuild it")
+        files = tuple(self.folder / "files" / name for name in self.meta["files"])
+        return PassResult(artifact, self.meta["modified"], self.meta["metrics"], files)
 
 
 class PassCache:
@@ -47,61 +75,56 @@ class PassCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def _entry(self, key: str) -> Path:
+    def _folder(self, key: str) -> Path:
         return self.root / key[:2] / key
 
-    def load(self, key: str, source: Artifact, pass_name: str) -> CacheHit | None:
-        """The cached result of running ``pass_name`` on ``source``, or ``None``."""
-        entry = self._entry(key)
-        meta_path = entry / "entry.json"
-        if not meta_path.is_file():
-            return None
-        meta = json.loads(meta_path.read_text())
-        changes: dict[str, Any] = {"format": meta["format"], "metadata": meta["metadata"]}
-        if meta["format"] == "torch":
-            import torch
-
-            changes["module"] = torch.load(entry / "module.pt", weights_only=False)
-            changes["path"] = None
-        else:
-            changes["path"] = entry / meta["payload"]
-            changes["module"] = None
-        artifact = source.derive(pass_name, **changes)
-        files = tuple(entry / "files" / name for name in meta["files"])
-        result = PassResult(artifact, meta["modified"], meta["metrics"], files)
-        return CacheHit(key, result)
-
-    def store(self, key: str, result: PassResult) -> None:
-        """Store ``result`` under ``key`` (atomically; an existing entry is kept)."""
-        entry = self._entry(key)
-        if entry.exists():
-            return
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+    def lookup(self, key: str) -> CacheEntry | None:
+        """The entry stored under ``key``, or ``None`` (also for an unreadable entry)."""
+        folder = self._folder(key)
         try:
-            artifact = result.artifact
-            payload = None
-            if artifact.format == "torch":
-                import torch
+            meta = json.loads((folder / "entry.json").read_text())
+            kind = meta["kind"]
+        except (OSError, ValueError, KeyError):
+            return None
+        if kind not in KINDS or (kind == "file" and not (folder / meta["payload"]).is_file()):
+            return None
+        return CacheEntry(key, kind, folder, meta)
 
-                torch.save(artifact.module, staging / "module.pt")
-            else:
+    def store(self, key: str, source: Artifact, result: PassResult) -> None:
+        """Store ``result`` of a pass run on ``source`` under ``key`` (atomically)."""
+        folder = self._folder(key)
+        if folder.exists():
+            return
+        artifact = result.artifact
+        if artifact is source:
+            kind = "passthrough"
+        elif artifact.format == "torch":
+            kind = "torch"
+        else:
+            kind = "file"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+        try:
+            payload = None
+            if kind == "file":
                 payload = artifact.path.name
                 shutil.copy2(artifact.path, staging / payload)
             (staging / "files").mkdir()
             for path in result.files:
                 shutil.copy2(path, staging / "files" / path.name)
             meta = {
+                "kind": kind,
                 "format": artifact.format,
                 "payload": payload,
                 "metadata": artifact.metadata,
+                "lineage": list(artifact.lineage),
                 "modified": result.modified,
                 "metrics": result.metrics,
                 "files": [p.name for p in result.files],
             }
             (staging / "entry.json").write_text(json.dumps(meta, indent=1, default=str))
-            os.replace(staging, entry)
+            os.replace(staging, folder)
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
-            if not entry.exists():
+            if not folder.exists():
                 raise

@@ -160,8 +160,12 @@ def enhance(artifact: str, inputs: tuple[Path, ...], out: Path, weights: Path | 
     for path, wav in zip(inputs, audio, strict=True):
         enhanced = runner(wav[None, :])[0]
         with tempfile.NamedTemporaryFile(dir=out, suffix=".wav", delete=False) as tmp:
-            write_audio(Path(tmp.name), enhanced, rate)
-        os.replace(tmp.name, out / path.name)
+            partial = Path(tmp.name)
+        try:
+            write_audio(partial, enhanced, rate)
+            os.replace(partial, out / path.name)
+        finally:
+            partial.unlink(missing_ok=True)
         click.echo(str(out / path.name))
 
 

@@ -27,9 +27,8 @@ class PassContext:
     parity_audio: object  # np.ndarray [1, L], float32
     evaluation: PairedFolder | None = None
     calibration: AudioFolder | None = None
-    threads: int = 2
+    threads: int = 1
     seed: int = 0
-    show_progress: bool = False
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("secompile"))
 
     pass_dir: Path | None = None

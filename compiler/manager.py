@@ -6,16 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from compiler.cache import PassCache, cache_key
-from compiler.errors import PassError, SecompileError
+from compiler.cache import CacheEntry, PassCache, cache_key
+from compiler.errors import PassError, SecompileError, UserError
 from compiler.instruments import Instrument, default_instruments, record_defaults
+from compiler.passes import PassResult
 from compiler.pipeline import PipelineSpec, canonical_text
 from compiler.versions import code_hash, library_versions
 
 if TYPE_CHECKING:
     from compiler.artifact import Artifact
     from compiler.context import PassContext
-    from compiler.passes import Pass, PassResult
+    from compiler.passes import Pass
     from targets.base import Target
 
 
@@ -66,42 +67,66 @@ class PassManager:
         """The canonical one-line form of the pipeline."""
         return canonical_text(self.passes)
 
+    def keys(self, artifact: Artifact, ctx: PassContext) -> list[str]:
+        """The cache key of every pass, known before anything runs (each chains the last)."""
+        keys, key = [], artifact.content_hash()
+        for p in self.passes:
+            key = cache_key({
+                "input": key,
+                "pass": p.name,
+                "config": p.config.canonical(),
+                "extra": p.cache_inputs(ctx),
+                "target": ctx.target.name,
+                "versions": library_versions(),
+                "code": code_hash(),
+            })
+            keys.append(key)
+        return keys
+
+    def _resume_point(self, entries: list[CacheEntry | None]) -> int:
+        """Index of the last pass whose cached file artifact can be served with every pass
+        before it cached too; -1 when the pipeline must start from the input model."""
+        for index in range(len(entries) - 1, -1, -1):
+            head = entries[: index + 1]
+            if entries[index] and entries[index].kind == "file" and all(head):
+                return index
+        return -1
+
     def run(self, artifact: Artifact, ctx: PassContext) -> PipelineRun:
         """Run every pass on ``artifact``; return the final artifact and the records."""
         run = PipelineRun(artifact, self.pipeline_text)
-        key = artifact.content_hash()
+        keys = self.keys(artifact, ctx) if self.cache else [None] * len(self.passes)
+        entries = [self.cache.lookup(k) for k in keys] if self.cache else [None] * len(keys)
+        resume = self._resume_point(entries)
         completed: list[str] = []
-        for index, p in enumerate(self.passes):
+        for index, (p, key, entry) in enumerate(zip(self.passes, keys, entries, strict=True)):
             record = record_defaults(p)
-            key = cache_key(
-                {
-                    "input": key,
-                    "pass": p.name,
-                    "config": p.config.canonical(),
-                    "extra": p.cache_inputs(ctx),
-                    "target": ctx.target.name,
-                    "versions": library_versions(),
-                    "code": code_hash(),
-                }
-            )
-            hit = self.cache.load(key, artifact, p.name) if self.cache else None
-            if hit is not None:
-                result = hit.result
+            if index < resume:  # superseded by a later cached artifact: reuse its record only
+                result = PassResult(artifact, entry.meta["modified"], entry.meta["metrics"])
+                record.update(cache="hit", seconds=0.0)
+            elif entry is not None and entry.kind != "torch":
+                result = entry.result(artifact)
                 record.update(cache="hit", seconds=0.0)
             else:
                 result = self._run_one(index, p, artifact, ctx, record, tuple(completed))
                 record["cache"] = "miss" if self.cache else "off"
                 if self.cache:
-                    self.cache.store(key, result)
+                    self._store(key, artifact, result, ctx)
             record.update(modified=result.modified, metrics=result.metrics, cache_key=key)
             run.records.append(record)
+            run.results.append(result)
             if self.listener:
                 self.listener(record)
-            run.results.append(result)
             artifact = result.artifact
             completed.append(p.name)
         run.artifact = artifact
         return run
+
+    def _store(self, key: str, source: Artifact, result: PassResult, ctx: PassContext) -> None:
+        try:
+            self.cache.store(key, source, result)
+        except OSError as exc:  # a full or read-only cache must not fail a good build
+            ctx.logger.warning("could not store %s in the cache: %s", key[:12], exc)
 
     def _run_one(
         self,
@@ -121,6 +146,8 @@ class PassManager:
             return result
         except PassError as exc:
             raise exc.with_completed(completed) from exc
+        except UserError as exc:  # keep the type (and exit code 2), name the pass
+            raise type(exc)(f"pass '{p.name}': {exc}") from exc
         except SecompileError:
             raise
         except Exception as exc:  # an internal failure: keep which pass it was

@@ -2,7 +2,7 @@
 
 Canonical text form (written into reports and manifests, and accepted back by ``parse``)::
 
-    fuse-conv-bn,export-onnx{opset=17 simplify=true},validate
+    fuse-conv-bn,export-onnx{opset=17 simplify=onnxsim},validate
 
 TOML form (``--pipeline FILE``)::
 
@@ -71,6 +71,8 @@ class PipelineSpec:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"pipeline file not found: {path}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read pipeline file {path}: {exc.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"pipeline file {path} is not valid TOML: {exc}") from None
         if isinstance(data.get("pipeline"), str):
@@ -88,10 +90,9 @@ class PipelineSpec:
 
     @classmethod
     def load(cls, source: str) -> PipelineSpec:
-        """A TOML file when ``source`` names one, the textual form otherwise."""
-        path = Path(source)
-        if source.endswith(".toml") or path.is_file():
-            return cls.from_toml(path)
+        """A TOML file when ``source`` ends in ``.toml``, the textual form otherwise."""
+        if source.strip().endswith(".toml"):
+            return cls.from_toml(Path(source.strip()))
         return cls.parse(source)
 
     def text(self) -> str:
@@ -164,6 +165,8 @@ def _parse_options(body: str, pass_name: str) -> tuple[tuple[str, Any], ...]:
         if "=" not in token:
             raise ConfigError(f"pass '{pass_name}': option {token!r} is not key=value")
         key, raw = token.split("=", 1)
+        if any(key == seen for seen, _ in options):
+            raise ConfigError(f"pass '{pass_name}': option '{key}' given twice")
         options.append((key, _parse_value(raw)))
     return tuple(sorted(options))
 

@@ -35,7 +35,7 @@ def secompile_version() -> str:
 
 @functools.cache
 def code_hash() -> str:
-    """sha256 over secompile's Python sources and shipped weights: a code change is a new key."""
+    """sha256 over secompile's Python sources: a code change is a new cache key."""
     digest = hashlib.sha256()
     for package in _PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):

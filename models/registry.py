@@ -152,6 +152,7 @@ def load_model(ref: str | None, weights: Path | None = None) -> Artifact:
     """Load the model a user named as a torch :class:`Artifact` in eval mode."""
     ref = ref or DEFAULT_MODEL
     weights = Path(weights) if weights is not None else None
+    code = archive_sha = None
     if ref in REGISTRY:
         entry = REGISTRY[ref]
         module = entry.build()
@@ -162,11 +163,17 @@ def load_model(ref: str | None, weights: Path | None = None) -> Artifact:
         name = ref
     elif ":" in ref and ref.rsplit(":", 1)[0].endswith(".py"):
         module, name = _load_factory(ref)
+        file_part, factory = ref.rsplit(":", 1)
+        ref = f"{Path(file_part).resolve()}:{factory}"  # reloadable from any folder
+        code = file_sha256(Path(file_part))
         if weights is not None:
             _strict_load(module, weights, ref)
     elif Path(ref).is_file() and _is_torchscript(Path(ref)):
+        if weights is not None:
+            raise ModelError(f"{ref} is a TorchScript archive with its own weights; drop --weights")
         module, name = torch.jit.load(ref, map_location="cpu"), Path(ref).stem
-        weights = Path(ref)
+        ref = str(Path(ref).resolve())
+        code = archive_sha = file_sha256(Path(ref))  # the archive holds weights and code
     elif Path(ref).exists():
         raise ModelError(
             f"{ref} is not a TorchScript archive; give a registry name with --weights, "
@@ -183,7 +190,8 @@ def load_model(ref: str | None, weights: Path | None = None) -> Artifact:
         name=name,
         sample_rate=int(getattr(module, "sample_rate", 16000)),
         source={"model": ref, "weights": str(weights.resolve()) if weights else None},
-        weights_sha256=file_sha256(weights) if weights else None,
+        weights_sha256=file_sha256(weights) if weights else archive_sha,
+        code_sha256=code,
         stft=stft.as_dict() if isinstance(stft, StftSpec) else None,
         params=sum(p.numel() for p in module.parameters()),
     )

@@ -174,3 +174,12 @@ def test_mean_metrics_ignores_nan() -> None:
 
 def test_mean_metrics_of_no_rows_is_empty() -> None:
     assert mean_metrics([]) == {}
+
+
+def test_estoi_is_nan_for_clips_too_short_to_score() -> None:
+    from calibration.metrics import estoi
+
+    rng = np.random.default_rng(0)
+    for n in (300, 4000):
+        clip = rng.standard_normal(n).astype(np.float32)
+        assert np.isnan(estoi(clip, clip, 16000))

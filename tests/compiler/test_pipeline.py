@@ -54,3 +54,14 @@ def test_bad_toml_is_a_config_error(tmp_path) -> None:
         PipelineSpec.load(str(path))
     with pytest.raises(ConfigError, match="not found"):
         PipelineSpec.load(str(tmp_path / "missing.toml"))
+
+
+def test_long_canonical_text_loads_back_and_duplicates_are_rejected(tmp_path) -> None:
+    text = canonical_text(PipelineSpec.parse(CPU.default_pipeline).resolve(CPU))
+    assert len(text) > 255  # longer than a file name may be
+    assert canonical_text(PipelineSpec.load(text).resolve(CPU)) == text
+    with pytest.raises(ConfigError, match="option 'opset' given twice"):
+        PipelineSpec.parse("export-onnx{opset=17 opset=13}")
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(ConfigError, match="cannot read pipeline file"):
+        PipelineSpec.load(str(tmp_path / "dir.toml"))

@@ -203,3 +203,45 @@ def test_enhance_refuses_audio_shorter_than_a_frame(tmp_path: Path) -> None:
     assert not (tmp_path / "enh" / "a.wav").exists()
     ok = _cli("enhance", out, _wav_folder(tmp_path / "ok") / "a.wav", "-o", tmp_path / "enh")
     assert ok.exit_code == 0 and (tmp_path / "enh" / "a.wav").is_file()
+
+
+FACTORY = '''
+import torch
+
+
+class Gain(torch.nn.Module):
+    sample_rate = 16000
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 1, 3, padding=1)
+        self.bn = torch.nn.BatchNorm1d(1)
+
+    def forward(self, wav):
+        return self.bn(self.conv(wav.unsqueeze(1))).squeeze(1) * SCALE
+
+
+def make():
+    torch.manual_seed(0)
+    return Gain().eval()
+'''
+
+
+def test_user_model_with_cache_relative_path_and_code_change(tmp_path: Path, monkeypatch) -> None:
+    """A FILE.py:factory model builds with the cache on, from a relative path (the memory
+    probe reloads it from another folder), and editing its code invalidates the cache."""
+    (tmp_path / "mine.py").write_text(FACTORY.replace("SCALE", "1.0"))
+    monkeypatch.chdir(tmp_path)
+    calib = _wav_folder(tmp_path / "calib")
+    args = ["build", "mine.py:make", "--calib", calib, "--cache-dir", tmp_path / "cache",
+            "--pipeline", FAST, "--target", "cpu", "--target", "cpu"]
+    first = _cli(*args, "--out", tmp_path / "a")
+    assert first.exit_code == 0, first.output
+    again = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert list(again["targets"]) == ["cpu"], "a repeated --target builds once"
+    second = _cli(*args, "--out", tmp_path / "b")
+    assert "cache hits: fuse-conv-bn, merge-grouped-gru" not in second.output
+    assert "cache hits: fuse-conv-bn, export-onnx, validate" in second.output
+    (tmp_path / "mine.py").write_text(FACTORY.replace("SCALE", "0.5"))
+    third = _cli(*args, "--out", tmp_path / "c")
+    assert third.exit_code == 0 and "cache hits" not in third.output

@@ -403,3 +403,10 @@ def test_factory_file_with_syntax_error(tmp_path: Path) -> None:
     path = tmp_path / "syntax.py"
     path.write_text("def build(:\n")
     assert "SyntaxError" in str(_model_error(f"{path}:build"))
+
+
+def test_torchscript_with_weights_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "doubler.pt"
+    torch.jit.save(torch.jit.script(_Doubler()), str(path))
+    message = str(_model_error(str(path), weights=path))
+    assert "TorchScript archive with its own weights" in message
