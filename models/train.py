@@ -24,8 +24,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
 import torch
 from torch import Tensor, nn
 
@@ -169,45 +167,25 @@ def synthetic_batches(
 # evaluation
 
 
-def read_pairs(eval_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, noisy, clean)`` for every ``noisy/*.wav`` with a ``clean/`` twin in ``eval_dir``."""
-    pairs = []
-    for noisy_path in sorted((eval_dir / "noisy").glob("*.wav")):
-        noisy, rate = sf.read(noisy_path, dtype="float32")
-        clean, rate_c = sf.read(eval_dir / "clean" / noisy_path.name, dtype="float32")
-        if rate != SAMPLE_RATE or rate_c != SAMPLE_RATE:
-            raise ValueError(f"{noisy_path.name}: expected {SAMPLE_RATE} Hz audio")
-        n = min(noisy.size, clean.size)
-        pairs.append((noisy_path.stem, noisy[:n], clean[:n]))
-    if not pairs:
-        raise FileNotFoundError(f"no noisy/*.wav with clean/ twins under {eval_dir}")
-    return pairs
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module, eval_dir: Path, *, perceptual: bool = True
 ) -> dict[str, tuple[float, float]]:
-    """Mean ``(noisy, enhanced)`` SI-SDR, and with ``perceptual`` PESQ-WB and STOI, on a folder."""
-    model.eval()
-    scores: dict[str, list[tuple[float, float]]] = {"si_sdr": []}
-    if perceptual:
-        from pesq import pesq
-        from pystoi import stoi
+    """Mean ``(noisy, enhanced)`` SI-SDR, and with ``perceptual`` PESQ-WB and ESTOI, over the
+    paired ``clean/`` + ``noisy/`` folder ``eval_dir`` (the same metrics ``validate`` uses)."""
+    from calibration.datasets import PairedFolder
+    from calibration.metrics import mean_metrics, quality
+    from calibration.metrics import si_sdr as si_sdr_db
 
-        scores.update(pesq_wb=[], stoi=[])
-    for _, noisy, clean in read_pairs(Path(eval_dir)):
-        enhanced = model(torch.from_numpy(noisy)[None])[0].numpy()
-        ref = torch.from_numpy(clean)
-        scores["si_sdr"].append((float(si_sdr(torch.from_numpy(noisy), ref)),
-                                 float(si_sdr(torch.from_numpy(enhanced), ref))))
-        if perceptual:
-            scores["pesq_wb"].append((pesq(SAMPLE_RATE, clean, noisy, "wb"),
-                                      pesq(SAMPLE_RATE, clean, enhanced, "wb")))
-            scores["stoi"].append((stoi(clean, noisy, SAMPLE_RATE),
-                                   stoi(clean, enhanced, SAMPLE_RATE)))
-    return {k: (float(np.mean([a for a, _ in v])), float(np.mean([b for _, b in v])))
-            for k, v in scores.items()}
+    model.eval()
+    noisy_rows, enhanced_rows = [], []
+    for pair in PairedFolder.scan(Path(eval_dir), SAMPLE_RATE).load():
+        enhanced = model(torch.from_numpy(pair.noisy)[None])[0].numpy()
+        for rows, audio in ((noisy_rows, pair.noisy), (enhanced_rows, enhanced)):
+            rows.append(quality(audio, pair.clean, SAMPLE_RATE) if perceptual
+                        else {"si_sdr": si_sdr_db(audio, pair.clean)})
+    noisy, enhanced = mean_metrics(noisy_rows), mean_metrics(enhanced_rows)
+    return {k: (noisy[k], enhanced[k]) for k in noisy}
 
 
 def format_scores(scores: dict[str, tuple[float, float]]) -> str:
