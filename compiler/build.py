@@ -21,6 +21,7 @@ from calibration.datasets import AudioFolder, PairedFolder
 from compiler.cache import PassCache
 from compiler.context import PassContext
 from compiler.errors import OutputError
+from compiler.instruments import DumpInstrument, default_instruments
 from compiler.manager import PassManager, PipelineRun
 from compiler.pipeline import PipelineSpec
 from compiler.report import build_report, manifest, render_markdown, write_json
@@ -43,6 +44,7 @@ class BuildRequest:
     threads: int = 1
     cache_dir: Path | None = None
     seed: int = 0
+    dump_dir: Path | None = None
 
 
 def check_writable(folder: Path, what: str = "output folder") -> None:
@@ -70,8 +72,11 @@ def _parity_audio(evaluation: PairedFolder | None, calibration: AudioFolder | No
 
 
 def _commit(staging: Path, out: Path) -> None:
-    """Move every staged entry into ``out``, replacing older ones of the same name."""
-    for entry in staging.iterdir():
+    """Move every staged entry into ``out``, replacing older ones of the same name.
+
+    ``report.json`` moves last: its presence means every artifact it names is in place.
+    """
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name == "report.json"):
         destination = out / entry.name
         if destination.is_dir():
             trash = Path(tempfile.mkdtemp(prefix=".old-", dir=out))
@@ -102,7 +107,12 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
             log("  warning: no ONNX simplifier installed (onnxsim, onnxslim); "
                 "only ONNX Runtime's optimizer ran")
 
-    managers = {t.name: PassManager.from_spec(specs[t.name], t, cache=cache, listener=listener)
+    def instruments(target: str) -> list:
+        extra = [DumpInstrument(request.dump_dir / target)] if request.dump_dir else []
+        return default_instruments() + extra
+
+    managers = {t.name: PassManager.from_spec(specs[t.name], t, cache=cache, listener=listener,
+                                              instruments=instruments(t.name))
                 for t in targets}
 
     artifact = load_model(request.model, request.weights)

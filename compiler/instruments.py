@@ -7,6 +7,7 @@ and write into the pass's record (a dict that ends up in the report).
 from __future__ import annotations
 
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,32 @@ class ParityVerifier(Instrument):
                 f"output differs from its input by {max_abs:.3g} max abs on real audio "
                 f"(tolerance {tolerance:g})",
             )
+
+
+class DumpInstrument(Instrument):
+    """Writes every pass's output into ``folder`` for inspection: ONNX files as they are,
+    torch modules as plain state_dicts (``NN-<pass>.onnx`` / ``NN-<pass>.pt``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.count = 0
+
+    def after_pass(
+        self, p: Pass, artifact: Artifact, result: PassResult, ctx: PassContext, record: dict
+    ) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        out = result.artifact
+        stem = self.folder / f"{self.count:02d}-{p.name}"
+        self.count += 1
+        if out.format == "torch":
+            import torch
+
+            path = stem.with_suffix(".pt")
+            torch.save(out.module.state_dict(), path)
+        else:
+            path = stem.with_suffix(out.path.suffix)
+            shutil.copyfile(out.path, path)
+        record["dump"] = str(path)
 
 
 def parity_error(a: Artifact, b: Artifact, audio: np.ndarray, threads: int) -> float:

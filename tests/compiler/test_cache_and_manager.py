@@ -102,3 +102,18 @@ def test_parity_verifier_names_the_pass_and_those_before(tiny, make_ctx) -> None
 def test_internal_failures_become_pass_errors(tiny, make_ctx) -> None:
     with pytest.raises(PassError, match=r"pass 'crash' failed: ValueError: boom .*nothing"):
         PassManager([_Crash()]).run(tiny, make_ctx(tiny))
+
+
+def test_dump_instrument_writes_every_pass_output(tiny, make_ctx, tmp_path) -> None:
+    from compiler.instruments import DumpInstrument, default_instruments
+    from passes.export_onnx import ExportOnnx
+    from passes.fuse_conv_bn import FuseConvBn
+
+    manager = PassManager([FuseConvBn(), ExportOnnx()],
+                          instruments=[*default_instruments(), DumpInstrument(tmp_path / "dump")])
+    run = manager.run(tiny, make_ctx(tiny))
+    assert sorted(p.name for p in (tmp_path / "dump").iterdir()) == [
+        "00-fuse-conv-bn.pt", "01-export-onnx.onnx"]
+    state = torch.load(tmp_path / "dump" / "00-fuse-conv-bn.pt", weights_only=True)
+    assert "core.conv.weight" in state
+    assert run.records[1]["dump"].endswith("01-export-onnx.onnx")
