@@ -46,7 +46,7 @@ def read_audio(
         if not allow_resample:
             raise DataError(
                 f"{path} is sampled at {rate} Hz but the model expects {sample_rate} Hz "
-                "(allow resampling to convert it)"
+                "(pass --resample to convert it)"
             )
         wav = resample(wav, rate, sample_rate)
     if wav.size < min_samples:

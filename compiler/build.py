@@ -45,6 +45,7 @@ class BuildRequest:
     cache_dir: Path | None = None
     seed: int = 0
     dump_dir: Path | None = None
+    resample: bool = False
 
 
 def check_writable(folder: Path, what: str = "output folder") -> None:
@@ -121,8 +122,9 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     if eval_root is None and request.model in (None, "default"):
         eval_root = DEMO_DIR
     shortest = artifact.info.min_samples
-    evaluation = PairedFolder.scan(eval_root, rate, min_samples=shortest) if eval_root else None
-    calibration = (AudioFolder.scan(request.calib, rate, seed=request.seed, min_samples=shortest)
+    audio_rules = {"min_samples": shortest, "allow_resample": request.resample}
+    evaluation = PairedFolder.scan(eval_root, rate, **audio_rules) if eval_root else None
+    calibration = (AudioFolder.scan(request.calib, rate, seed=request.seed, **audio_rules)
                    if request.calib else None)
     for dataset in (evaluation, calibration):
         if dataset is not None:

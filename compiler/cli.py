@@ -81,12 +81,14 @@ def _target_names() -> list[str]:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--dump-dir", type=click.Path(path_type=Path),
               help="Write every pass's output here (ONNX files, torch state_dicts).")
+@click.option("--resample", is_flag=True,
+              help="Resample --eval/--calib audio of another rate to the model's rate.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @_guarded
 def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
           pipeline: str | None, calib: Path | None, eval_dir: Path | None, out: Path,
           threads: int, cache_dir: Path | None, no_cache: bool, seed: int, dump_dir: Path | None,
-          quiet: bool) -> None:
+          resample: bool, quiet: bool) -> None:
     """Compile MODEL (a registry name, FILE.py:factory or TorchScript; default: the shipped
     default model) for each target and write artifacts, manifests and the report to --out."""
     from compiler.build import BuildRequest, run_build
@@ -94,6 +96,7 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
     request = BuildRequest(
         model=model, out=out, weights=weights, targets=targets or ("cpu",), pipeline=pipeline,
         calib=calib, eval=eval_dir, threads=threads, seed=seed, dump_dir=dump_dir,
+        resample=resample,
         cache_dir=None if no_cache else (cache_dir or _default_cache_dir()),
     )
     log = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))

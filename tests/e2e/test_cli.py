@@ -245,3 +245,15 @@ def test_user_model_with_cache_relative_path_and_code_change(tmp_path: Path, mon
     (tmp_path / "mine.py").write_text(FACTORY.replace("SCALE", "0.5"))
     third = _cli(*args, "--out", tmp_path / "c")
     assert third.exit_code == 0 and "cache hits" not in third.output
+
+
+def test_resample_flag_converts_eval_audio_of_another_rate(tmp_path: Path) -> None:
+    pairs = _paired(tmp_path / "eval8k", rate=8000)
+    refused = _cli("build", TINY_REF, "--eval", pairs, "--no-cache", "--out", tmp_path / "a",
+                   "--pipeline", FAST)
+    assert refused.exit_code == 2 and "pass --resample to convert it" in refused.output
+    done = _cli("build", TINY_REF, "--eval", pairs, "--resample", "--no-cache",
+                "--out", tmp_path / "b", "--pipeline", FAST)
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["targets"]["cpu"]["quality"]["files"] == 1
