@@ -175,6 +175,41 @@ def enhance(artifact: str, inputs: tuple[Path, ...], out: Path, weights: Path | 
         click.echo(str(out / path.name))
 
 
+@main.command()
+@click.argument("new", type=click.Path(path_type=Path))
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.option("--tolerance", "tolerances", multiple=True, metavar="METRIC=VALUE",
+              help="Override a gate's tolerance (repeatable), e.g. speedup=0.2 si_sdr=0.05.")
+@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML of the gates.")
+@click.option("--markdown", type=click.Path(path_type=Path),
+              help="Write a Markdown summary (e.g. to $GITHUB_STEP_SUMMARY).")
+@_guarded
+def compare(new: Path, baseline: Path, tolerances: tuple[str, ...], junit: Path | None,
+            markdown: Path | None) -> None:
+    """Compare NEW/report.json with BASELINE/report.json; exit 3 on a regression."""
+    from compiler.compare import (
+        compare_reports,
+        load_report,
+        parse_tolerances,
+        render_markdown,
+        render_table,
+        write_junit,
+    )
+
+    limits = parse_tolerances(tolerances)
+    findings = compare_reports(load_report(new), load_report(baseline), limits)
+    click.echo(render_table(findings), nl=False)
+    if junit:
+        write_junit(findings, junit)
+    if markdown:
+        markdown.write_text(render_markdown(findings, new, baseline))
+    failed = [f for f in findings if f.failed]
+    if failed:
+        names = ", ".join(f"{f.target}.{f.gate}" for f in failed)
+        click.echo(f"regression: {names}", err=True)
+        sys.exit(3)
+
+
 @main.command("passes")
 def list_passes() -> None:
     """List the registered passes and their options."""

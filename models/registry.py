@@ -1,6 +1,8 @@
 """The model registry and the loader for every way a user can name a model.
 
-* a registry name: ``gtcrn`` (needs ``--weights``), ``default`` (the shipped checkpoint);
+* a registry name: ``gtcrn`` (needs ``--weights``), ``nsnet2`` (needs ``--weights``: the
+  official ``.onnx`` file or a state_dict saved from the port), ``default`` (the shipped
+  checkpoint);
 * ``path/to/file.py:factory``: a Python file and a zero-argument function returning a module;
 * a TorchScript archive (``torch.jit.save``).
 
@@ -34,6 +36,8 @@ class ModelEntry:
     description: str
     build: Callable[[], nn.Module]
     default_weights: Path | None = None
+    # Reads weights published as an ONNX file (``*.onnx``) into a state_dict of the core.
+    from_onnx: Callable[[Path], dict[str, torch.Tensor]] | None = None
 
 
 def _gtcrn() -> nn.Module:
@@ -41,6 +45,18 @@ def _gtcrn() -> nn.Module:
 
     stft = StftSpec(gtcrn.N_FFT, gtcrn.HOP, gtcrn.WINDOW)
     return SpectralEnhancer(gtcrn.GTCRN(), stft, gtcrn.SAMPLE_RATE)
+
+
+def _nsnet2() -> nn.Module:
+    from models import nsnet2
+
+    return nsnet2.build_nsnet2()
+
+
+def _nsnet2_from_onnx(path: Path) -> dict[str, torch.Tensor]:
+    from models import nsnet2
+
+    return nsnet2.state_dict_from_onnx(path)
 
 
 def _default() -> nn.Module:
@@ -57,6 +73,10 @@ def _default_weights() -> Path:
 
 REGISTRY: dict[str, ModelEntry] = {
     "gtcrn": ModelEntry("gtcrn", "GTCRN (Rong et al., ICASSP 2024), 48k params", _gtcrn),
+    "nsnet2": ModelEntry(
+        "nsnet2", "NSNet2 16 kHz, the ICASSP 2021 DNS Challenge baseline, 2.7M params", _nsnet2,
+        from_onnx=_nsnet2_from_onnx,
+    ),
     "default": ModelEntry(
         "default", "secompile's own small CRN, trained on its synthetic mixtures", _default,
         _default_weights(),
@@ -107,7 +127,11 @@ def apply_weights(module: nn.Module, state: dict[str, torch.Tensor], source: Pat
 
 
 def _strict_load(module: nn.Module, weights: Path, arch: str) -> None:
-    state = load_state_dict(weights)
+    entry = REGISTRY.get(arch)
+    if entry is not None and entry.from_onnx is not None and weights.suffix.lower() == ".onnx":
+        state = entry.from_onnx(weights)
+    else:
+        state = load_state_dict(weights)
     try:
         apply_weights(module, state, weights, arch)
     except RuntimeError as exc:  # size mismatches

@@ -66,6 +66,8 @@ def test_gtcrn_build_report_manifest_cache_and_enhance(tmp_path: Path, eval_dir:
     again = json.loads((tmp_path / "again" / "report.json").read_text())["targets"]["cpu"]
     assert again["cache_hits"] == ["fuse-conv-bn", "export-onnx", "validate"]
     assert (tmp_path / "again/cpu/model.onnx").read_bytes() == (out / "cpu/model.onnx").read_bytes()
+    gates = _cli("compare", tmp_path / "again" / "report.json", out / "report.json")
+    assert gates.exit_code == 0, gates.output
 
     noisy = min((eval_dir / "noisy").glob("*.wav"))
     enhanced = _cli("enhance", out / "cpu" / "model.onnx", noisy, "-o", tmp_path / "enh")
