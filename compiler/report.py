@@ -37,8 +37,8 @@ def write_json(path: Path, data: Any) -> None:
 
 def pass_entries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The per-pass part of a target's report."""
-    keys = ("name", "seconds", "modified", "cache", "peak_rss_mb", "parity_max_abs", "config",
-            "metrics")
+    keys = ("name", "seconds", "modified", "cache", "peak_rss_mb", "parity_max_abs",
+            "parity_tolerance", "parity_vs_float64", "dump", "config", "metrics")
     return [{k: r[k] for k in keys if k in r} for r in records]
 
 
