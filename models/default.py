@@ -96,7 +96,6 @@ class TinyCRN(nn.Module):
         f = n_bins
         for _ in channels:
             f = (f + 1) // 2
-        self.bottleneck_bins = f
         flat = channels[-1] * f
         self.gru = nn.GRU(flat, hidden, batch_first=True)
         self.proj = nn.Linear(hidden, flat)
