@@ -210,6 +210,61 @@ def compare(new: Path, baseline: Path, tolerances: tuple[str, ...], junit: Path 
         sys.exit(3)
 
 
+@main.command("profile")
+@click.argument("model_or_artifact")
+@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint for a model name.")
+@click.option("--seconds", default=1.0, show_default=True, type=click.FloatRange(0.05, 600),
+              help="Length of the profiled input.")
+@click.option("--audio", type=click.Path(path_type=Path),
+              help="Profile on this wav (its first --seconds) instead of deterministic noise.")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(1, 1000),
+              help="Rows in the table.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path),
+              help="Write the full profile as JSON.")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 256),
+              help="Thread count compared with 1 thread for the Amdahl estimate.")
+@_guarded
+def profile_cmd(model_or_artifact: str, weights: Path | None, seconds: float,
+                audio: Path | None, top: int, json_out: Path | None, threads: int) -> None:
+    """Where the time goes: per-layer time (a model: registry name, FILE.py:factory or
+    TorchScript) or per-op time (an .onnx artifact or build folder), FLOPs, roofline and
+    thread scaling."""
+    import json
+
+    from compiler.errors import OutputError
+    from compiler.profile import (
+        find_onnx,
+        machine_peak,
+        onnx_audio_contract,
+        profile_audio,
+        profile_onnx,
+        profile_torch,
+    )
+    from models.registry import load_model
+
+    onnx_path = find_onnx(model_or_artifact)
+    if onnx_path is not None and weights is not None:
+        raise ModelError("--weights applies to a model reference, not to an ONNX artifact")
+    if onnx_path is not None:
+        rate, shortest = onnx_audio_contract(onnx_path)
+        wav = profile_audio(rate, seconds, audio, shortest)
+        peak = machine_peak(_default_cache_dir() / "machine.json")
+        result = profile_onnx(onnx_path, wav, peak, sample_rate=rate, threads=threads)
+    else:
+        artifact = load_model(model_or_artifact, weights)
+        info = artifact.info
+        wav = profile_audio(info.sample_rate, seconds, audio, info.min_samples)
+        peak = machine_peak(_default_cache_dir() / "machine.json")
+        result = profile_torch(artifact.module, wav, peak, name=info.name,
+                               sample_rate=info.sample_rate, threads=threads)
+    click.echo(result.render_table(top), nl=False)
+    if json_out:
+        try:
+            json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write {json_out}: {exc.strerror or exc}") from None
+
+
 @main.command("passes")
 def list_passes() -> None:
     """List the registered passes and their options."""
