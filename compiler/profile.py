@@ -739,12 +739,9 @@ def _ort_session(path: Path, threads: int, profile_dir: Path | None = None) -> A
     ``profile_dir``, profiling on and the optimised graph saved there (for weight shapes)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    from compiler.runtime import session_options
+
+    options = session_options(threads)
     if profile_dir is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_dir / "ort")

@@ -40,6 +40,20 @@ class TorchRunner:
             torch.set_num_threads(previous)
 
 
+def session_options(threads: int) -> object:
+    """ONNX Runtime session options every secompile measurement uses: ``threads`` intra-op
+    threads, one inter-op thread, sequential execution, all graph optimizations, quiet logs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
 class OrtRunner:
     """Runs an ONNX file in an ONNX Runtime CPU session with fixed thread counts."""
 
@@ -51,12 +65,7 @@ class OrtRunner:
     ) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options = session_options(threads)
         self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         self.input_name = self.session.get_inputs()[0].name
 
