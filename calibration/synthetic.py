@@ -22,11 +22,12 @@ import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from math import gcd
 
 import numpy as np
 import soundfile as sf
 from scipy import signal
+
+from calibration.audio import resample
 
 SAMPLE_RATE = 16000
 
@@ -167,9 +168,7 @@ def espeak_speech(
         raise RuntimeError(f"espeak-ng failed for voice {voice!r} (exit {proc.returncode}): {err}")
     audio, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)
-    if rate != sample_rate:
-        g = gcd(int(rate), int(sample_rate))
-        audio = signal.resample_poly(audio, sample_rate // g, rate // g)
+    audio = resample(audio, int(rate), sample_rate)
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
