@@ -83,6 +83,27 @@ def noise_audio(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
     return (0.1 * rng.standard_normal((1, int(16000 * seconds)))).astype(np.float32)
 
 
+def assert_core_exports(core: nn.Module, example: torch.Tensor, spec: torch.Tensor,
+                        path: Path) -> None:
+    """Export a spectrum core (``[B, F, T, 2]``, dynamic frame axis) with the TorchScript
+    exporter at opset 17, then check ONNX Runtime on ``spec`` (another frame count than
+    ``example``) matches torch within 1e-4."""
+    import onnxruntime as ort
+
+    torch.onnx.export(
+        core, (example,), str(path), dynamo=False, opset_version=17,
+        input_names=["spec"], output_names=["enh"],
+        dynamic_axes={"spec": {2: "frames"}, "enh": {2: "frames"}},
+    )
+    with torch.no_grad():
+        expected = core(spec).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"spec": spec.numpy()})
+    assert got.shape == expected.shape
+    max_err = float(np.abs(got - expected).max())
+    assert max_err < 1e-4, f"onnxruntime differs from torch by {max_err:.2e}"
+
+
 @pytest.fixture
 def tiny() -> Artifact:
     """The tiny spectral model as a torch artifact."""

@@ -10,8 +10,8 @@ import soundfile as sf
 
 from calibration.datasets import AudioFolder, AudioPair, PairedFolder
 from compiler.errors import DataError
+from tests.conftest import SHARED_DATA as DATA
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 VBDEMAND = DATA / "audio" / "vbdemand"
 RATE = 16000
 

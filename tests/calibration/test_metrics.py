@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,8 @@ from calibration.metrics import (
     si_sdr,
     snr_db,
 )
+from tests.conftest import SHARED_DATA as DATA
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 VBDEMAND = DATA / "audio" / "vbdemand"
 RATE = 16000
 needs_vbdemand = pytest.mark.skipif(

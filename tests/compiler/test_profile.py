@@ -27,8 +27,8 @@ from compiler.profile import (
     profile_torch,
 )
 from models.registry import load_model
+from tests.conftest import SHARED_DATA as SHARED
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 GTCRN_WEIGHTS = SHARED / "models" / "gtcrn" / "gtcrn_vctk.pt"
 NSNET2_WEIGHTS = SHARED / "models" / "nsnet2" / "nsnet2-16k.onnx"
 WEIGHTS = {"gtcrn": GTCRN_WEIGHTS, "nsnet2": NSNET2_WEIGHTS}

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from models.gtcrn import GTCRN, HOP, N_FFT
+from tests.conftest import SHARED_DATA as DATA
+from tests.conftest import assert_core_exports
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 GTCRN_DIR = DATA / "models" / "gtcrn"
 CHECKPOINTS = ["gtcrn_dns3.pt", "gtcrn_vctk.pt", "gtcrn_dns3_stream.pt"]
 needs_data = pytest.mark.skipif(
@@ -84,8 +85,6 @@ def test_output_shape() -> None:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_onnx_export_matches_torch(tmp_path: Path) -> None:
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
     if GTCRN_DIR.is_dir():
         model = _load("gtcrn_dns3.pt")
         wav = _read_wav(GTCRN_DIR / "golden" / "mix.wav")[: 2 * 16000]
@@ -94,24 +93,5 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
         model = GTCRN().eval()
         wav = 0.1 * torch.randn(2 * 16000)
 
-    path = tmp_path / "gtcrn.onnx"
-    torch.onnx.export(
-        model,
-        (torch.randn(1, 257, 20, 2),),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["spec"],
-        output_names=["enh"],
-        dynamic_axes={"spec": {2: "frames"}, "enh": {2: "frames"}},
-    )
-
     # 2 s of audio: a different frame count (126) than the export example (20)
-    spec = _stft(wav)
-    with torch.no_grad():
-        expected = model(spec).numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"spec": spec.numpy()})
-    assert got.shape == expected.shape
-    max_err = float(np.abs(got - expected).max())
-    assert max_err < 1e-4, f"onnxruntime differs from torch by {max_err:.2e}"
+    assert_core_exports(model, torch.randn(1, 257, 20, 2), _stft(wav), tmp_path / "gtcrn.onnx")

@@ -20,8 +20,9 @@ from models.nsnet2 import (
 )
 from models.registry import load_model
 from models.spectral import SpectralEnhancer
+from tests.conftest import SHARED_DATA as DATA
+from tests.conftest import assert_core_exports
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ONNX_FILE = DATA / "models" / "nsnet2" / "nsnet2-16k.onnx"
 VBD = DATA / "audio" / "vbdemand"
 PARITY_FILES = ["p232_010.wav", "p232_052.wav", "p257_418.wav"]
@@ -189,21 +190,8 @@ def test_load_model_from_onnx(model: SpectralEnhancer, tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_onnx_export_dynamic_time(tmp_path: Path) -> None:
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
     torch.manual_seed(0)
     core = NSNet2Core().eval()
-    path = tmp_path / "nsnet2_core.onnx"
-    torch.onnx.export(
-        core, (torch.randn(1, 161, 10, 2),), str(path), dynamo=False, opset_version=17,
-        input_names=["spec"], output_names=["enh"],
-        dynamic_axes={"spec": {2: "frames"}, "enh": {2: "frames"}},
-    )
-    spec = torch.randn(1, 161, 37, 2)  # another frame count than the export example
-    with torch.no_grad():
-        expected = core(spec).numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"spec": spec.numpy()})
-    assert got.shape == expected.shape
-    max_err = float(np.abs(got - expected).max())
-    assert max_err < 1e-4, f"onnxruntime differs from torch by {max_err:.2e}"
+    # another frame count (37) than the export example (10)
+    assert_core_exports(core, torch.randn(1, 161, 10, 2), torch.randn(1, 161, 37, 2),
+                        tmp_path / "nsnet2_core.onnx")

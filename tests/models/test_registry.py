@@ -14,8 +14,8 @@ from torch import nn
 from compiler.artifact import Artifact
 from compiler.errors import ModelError
 from models.registry import REGISTRY, describe_models, load_model, load_state_dict
+from tests.conftest import SHARED_DATA as DATA
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 GTCRN_DIR = DATA / "models" / "gtcrn"
 VCTK = GTCRN_DIR / "gtcrn_vctk.pt"
 ULUNAS = DATA / "models" / "ulunas" / "ulunas_dns3.pt"
