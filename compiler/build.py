@@ -46,6 +46,7 @@ class BuildRequest:
     seed: int = 0
     dump_dir: Path | None = None
     resample: bool = False
+    stream: bool = False
 
 
 def check_writable(folder: Path, what: str = "output folder") -> None:
@@ -96,6 +97,9 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     for target in targets:
         require_available(target)
     specs = {t.name: PipelineSpec.load(request.pipeline or t.default_pipeline) for t in targets}
+    if request.stream:  # the streaming artifact is written from the torch model, before export
+        specs = {name: spec.including("stream", before="export-onnx")
+                 for name, spec in specs.items()}
     cache = PassCache(request.cache_dir) if request.cache_dir else None
 
     def listener(record: dict[str, Any]) -> None:
@@ -152,6 +156,8 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
                 folder.mkdir()
                 final = folder / f"model{run.artifact.path.suffix}"
                 shutil.copyfile(run.artifact.path, final)
+                for side_output in (f for result in run.results for f in result.files):
+                    shutil.copyfile(side_output, folder / side_output.name)
                 write_json(folder / "manifest.json", manifest(artifact.info, target, run, final))
             settings = {
                 "threads": request.threads, "seed": request.seed,

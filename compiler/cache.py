@@ -65,8 +65,12 @@ class CacheEntry:
             )
         else:
             raise ValueError("a torch cache entry records a result but cannot rebuild it")
-        files = tuple(self.folder / "files" / name for name in self.meta["files"])
-        return PassResult(artifact, self.meta["modified"], self.meta["metrics"], files)
+        return PassResult(artifact, self.meta["modified"], self.meta["metrics"], self.files)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The side outputs the pass wrote, as stored in this entry."""
+        return tuple(self.folder / "files" / name for name in self.meta["files"])
 
 
 class PassCache:
@@ -87,6 +91,8 @@ class PassCache:
         except (OSError, ValueError, KeyError):
             return None
         if kind not in KINDS or (kind == "file" and not (folder / meta["payload"]).is_file()):
+            return None
+        if not all((folder / "files" / name).is_file() for name in meta.get("files", [])):
             return None
         return CacheEntry(key, kind, folder, meta)
 

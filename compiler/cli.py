@@ -83,12 +83,15 @@ def _target_names() -> list[str]:
               help="Write every pass's output here (ONNX files, torch state_dicts).")
 @click.option("--resample", is_flag=True,
               help="Resample --eval/--calib audio of another rate to the model's rate.")
+@click.option("--stream", is_flag=True,
+              help="Also write <target>/model_stream.onnx, a hop-by-hop artifact with explicit "
+                   "state, proven equivalent to the offline model (default for edge).")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @_guarded
 def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
           pipeline: str | None, calib: Path | None, eval_dir: Path | None, out: Path,
           threads: int, cache_dir: Path | None, no_cache: bool, seed: int, dump_dir: Path | None,
-          resample: bool, quiet: bool) -> None:
+          resample: bool, stream: bool, quiet: bool) -> None:
     """Compile MODEL (a registry name, FILE.py:factory or TorchScript; default: the shipped
     default model) for each target and write artifacts, manifests and the report to --out."""
     from compiler.build import BuildRequest, run_build
@@ -96,7 +99,7 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
     request = BuildRequest(
         model=model, out=out, weights=weights, targets=targets or ("cpu",), pipeline=pipeline,
         calib=calib, eval=eval_dir, threads=threads, seed=seed, dump_dir=dump_dir,
-        resample=resample,
+        resample=resample, stream=stream,
         cache_dir=None if no_cache else (cache_dir or _default_cache_dir()),
     )
     log = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
@@ -110,6 +113,12 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
         if delta:
             parts.append(f"dSI-SDR {delta['si_sdr']:+.4f} dB, dPESQ {delta['pesq']:+.4f}, "
                          f"dESTOI {delta['stoi']:+.5f}")
+        streaming = t.get("streaming")
+        if streaming:
+            latency = streaming["latency"]
+            timed = (f"{latency['per_hop_ms']['p50']:.3f} ms per hop p50, " if latency else "")
+            parts.append(f"stream: {out / name / streaming['file']} (hop {streaming['hop']}, "
+                         f"{timed}max abs vs offline {streaming['equivalence']['max_abs']:.2g})")
         if t["cache_hits"]:
             parts.append(f"cache hits: {', '.join(t['cache_hits'])}")
         click.echo("; ".join(parts))
@@ -138,6 +147,8 @@ def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int,
                      .metadata_props}
         except Exception as exc:  # noqa: BLE001  (protobuf raises several types)
             raise ModelError(f"{path} is not a readable ONNX model: {exc}") from None
+        if "secompile.stream.hop" in props:
+            raise ModelError(f"{path} is a streaming artifact: run it with --stream")
         rate = int(props.get("secompile.sample_rate", 16000))
         return OrtRunner(path, threads), rate, int(props.get("secompile.min_samples", 1))
     artifact = load_model(ref, weights)
@@ -145,22 +156,44 @@ def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int,
     return TorchRunner(artifact.module, threads), info.sample_rate, info.min_samples
 
 
+def _stream_runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int, int]:
+    """A streaming runner (hop by hop, output aligned by the declared delay) for a
+    ``model_stream.onnx`` file or a build folder holding one."""
+    from compiler.streaming import STREAM_FILE, StreamSession
+
+    if weights is not None:
+        raise ModelError("--weights does not apply to --stream (give a streaming artifact)")
+    path = Path(ref)
+    if path.is_dir():
+        candidates = sorted(path.glob(f"*/{STREAM_FILE}")) + sorted(path.glob(STREAM_FILE))
+        if not candidates:
+            raise ModelError(f"{path} holds no {STREAM_FILE} (build with --stream or "
+                             "--target edge)")
+        path = candidates[0]
+    session = StreamSession(path, threads)
+    return (lambda batch: session.enhance(batch[0])[None, :]), session.sample_rate, 1
+
+
 @main.command()
 @click.argument("artifact")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="Folder for the enhanced wavs (same file names).")
+@click.option("--stream", is_flag=True,
+              help="Run the streaming artifact (model_stream.onnx) hop by hop, as a live "
+                   "application would; the output is aligned by its declared delay.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint for a model name.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256))
 @click.option("--resample", is_flag=True, help="Resample inputs of another rate.")
 @_guarded
-def enhance(artifact: str, inputs: tuple[Path, ...], out: Path, weights: Path | None,
-            threads: int, resample: bool) -> None:
+def enhance(artifact: str, inputs: tuple[Path, ...], out: Path, stream: bool,
+            weights: Path | None, threads: int, resample: bool) -> None:
     """Enhance IN.wav files with ARTIFACT (an .onnx file, a build folder or a model)."""
     from calibration.audio import read_audio, write_audio
     from compiler.build import check_writable
 
-    runner, rate, shortest = _runner_for(artifact, weights, threads)
+    make = _stream_runner_for if stream else _runner_for
+    runner, rate, shortest = make(artifact, weights, threads)
     audio = [read_audio(p, rate, allow_resample=resample, min_samples=shortest) for p in inputs]
     check_writable(out)
     for path, wav in zip(inputs, audio, strict=True):

@@ -19,6 +19,9 @@ class PassContext:
 
     ``baseline`` is the fp32 torch model as loaded, the reference that validation and parity
     checks compare against; ``parity_audio`` is a short real clip ``[1, L]`` for those checks.
+    ``outputs`` maps the file name of every side output written so far in this pipeline (a
+    ``PassResult.files`` entry, e.g. ``model_stream.onnx``) to where it is, fresh or cached; the
+    manager fills it, later passes read it.
     """
 
     target: Target
@@ -31,6 +34,7 @@ class PassContext:
     seed: int = 0
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("secompile"))
 
+    outputs: dict[str, Path] = field(default_factory=dict)
     pass_dir: Path | None = None
 
     def with_pass_dir(self, index: int, pass_name: str) -> PassContext:

@@ -102,7 +102,8 @@ class PassManager:
         for index, (p, key, entry) in enumerate(zip(self.passes, keys, entries, strict=True)):
             record = record_defaults(p)
             if index < resume:  # superseded by a later cached artifact: reuse its record only
-                result = PassResult(artifact, entry.meta["modified"], entry.meta["metrics"])
+                result = PassResult(artifact, entry.meta["modified"], entry.meta["metrics"],
+                                    entry.files)
                 record.update(cache="hit", seconds=0.0)
             elif entry is not None and entry.kind != "torch":
                 result = entry.result(artifact)
@@ -115,6 +116,7 @@ class PassManager:
             record.update(modified=result.modified, metrics=result.metrics, cache_key=key)
             run.records.append(record)
             run.results.append(result)
+            ctx.outputs.update({path.name: path for path in result.files})
             if self.listener:
                 self.listener(record)
             artifact = result.artifact

@@ -95,6 +95,18 @@ class PipelineSpec:
             return cls.from_toml(Path(source.strip()))
         return cls.parse(source)
 
+    def including(self, name: str, before: str) -> PipelineSpec:
+        """This pipeline with pass ``name`` added right before the first ``before`` pass (as
+        is, when it already has ``name``); a ``ConfigError`` when there is no ``before``."""
+        names = [p.name for p in self.passes]
+        if name in names:
+            return self
+        if before not in names:
+            raise ConfigError(f"cannot add '{name}': the pipeline has no '{before}' pass to "
+                              f"put it before ({self.text()})")
+        at = names.index(before)
+        return PipelineSpec((*self.passes[:at], PassSpec(name), *self.passes[at:]))
+
     def text(self) -> str:
         """The pipeline as written by the user (options not yet defaulted)."""
         return ",".join(p.text() for p in self.passes)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.artifact import file_sha256
+from compiler.streaming import CHUNK_INPUT, CHUNK_OUTPUT
 from compiler.versions import library_versions, machine_info
 
 
@@ -63,9 +64,25 @@ def target_entry(name: str, run: Any, artifact_rel: str) -> dict[str, Any]:
         "throughput_rps": v.get("throughput_rps"),
         "peak_rss_mb": v.get("peak_rss_mb"),
         "size_bytes": v.get("size_bytes"),
+        "streaming": _streaming_entry(run, v),
         "cache_hits": run.cache_hits,
         "passes": pass_entries(run.records),
     }
+
+
+def _streaming_entry(run: Any, validated: dict[str, Any]) -> dict[str, Any] | None:
+    """The streaming artifact's contract and measurements, when the pipeline wrote one."""
+    made = run.metrics_of("stream")
+    if not made:
+        return None
+    entry = {k: made[k] for k in ("file", "hop", "delay_samples", "delay_ms",
+                                  "algorithmic_latency_ms", "states", "state_floats",
+                                  "stateful_layers", "tolerance", "size_bytes")}
+    measured = validated.get("streaming") or {}
+    entry["equivalence"] = measured.get("equivalence") or {**made["parity_clip"],
+                                                           "audio": "parity clip"}
+    entry["latency"] = measured.get("latency")
+    return entry
 
 
 def baseline_entry(runs: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +141,28 @@ def manifest(info: Any, target: Any, run: Any, artifact_path: Path) -> dict[str,
         "pipeline": run.pipeline,
         "lineage": list(art.lineage),
         "versions": library_versions(),
+        "streaming": _streaming_manifest(run, artifact_path.parent),
+    }
+
+
+def _streaming_manifest(run: Any, folder: Path) -> dict[str, Any] | None:
+    """The streaming artifact's contract, when the pipeline wrote one (``stream`` pass)."""
+    made = run.metrics_of("stream")
+    if not made:
+        return None
+    path = folder / made["file"]
+    return {
+        "artifact": made["file"],
+        "sha256": file_sha256(path),
+        "size_bytes": path.stat().st_size,
+        "hop": made["hop"],
+        "delay_samples": made["delay_samples"],
+        "algorithmic_latency_ms": made["algorithmic_latency_ms"],
+        "input": {"name": CHUNK_INPUT, "dtype": "float32", "shape": [1, made["hop"]]},
+        "output": {"name": CHUNK_OUTPUT, "dtype": "float32", "shape": [1, made["hop"]]},
+        "states": made["states"],
+        "initial_state": "zeros",
+        "equivalence_tolerance": made["tolerance"],
     }
 
 
@@ -189,8 +228,38 @@ def render_markdown(report: dict[str, Any]) -> str:
                 m = q[side]
                 lines.append(f"| {side} | {_fmt(m['si_sdr'], '.3f')} | {_fmt(m['pesq'], '.3f')} "
                              f"| {_fmt(m['stoi'], '.4f')} |")
+        if t.get("streaming"):
+            lines += _streaming_markdown(name, t["streaming"])
         lines += ["", "| pass | seconds | modified | cache |", "|---|---|---|---|"]
         for p in t["passes"]:
             lines.append(f"| {p['name']} | {_fmt(p.get('seconds'), '.2f')} | {p['modified']} "
                          f"| {p['cache']} |")
     return "\n".join(lines) + "\n"
+
+
+def _streaming_markdown(target: str, s: dict[str, Any]) -> list[str]:
+    """The streaming section of a target in ``report.md``."""
+    eq = s["equivalence"]
+    lines = ["", (f"Streaming artifact `{target}/{s['file']}`: hop {s['hop']} samples, output "
+             f"{s['delay_samples']} samples ({s['delay_ms']:g} ms) behind the input, algorithmic "
+             f"latency {s['algorithmic_latency_ms']:g} ms, {len(s['states'])} state tensors "
+             f"({s['state_floats']} floats, zeros to start)."), "",
+             (f"Equivalence with the offline model on the {eq.get('audio', '?')} "
+             f"({eq['files']} file(s)): max abs {_fmt(eq['max_abs'], '.3g')} "
+             f"({_fmt(eq['max_abs_vs_float64'], '.3g')} from a float64 run), "
+             f"max |ΔSI-SDR| {_fmt(eq.get('max_abs_delta_si_sdr'), '.2g')} dB; "
+             f"tolerance {s['tolerance']:g}.")]
+    lat = s.get("latency")
+    if lat:
+        load = lat["under_load"]
+        lines += ["", "| stream measure (1 thread) | value |", "|---|---|",
+                  (f"| per-hop latency p50 / p99 (ms) | {lat['per_hop_ms']['p50']:.3f} / "
+                  f"{lat['per_hop_ms']['p99']:.3f} |"),
+                  f"| real-time factor | {lat['real_time_factor']:.3f} |",
+                  f"| offline artifact, ms per hop of audio | {lat['offline_ms_per_hop']:.3f} |",
+                  (f"| hops over their {lat['hop_ms']:g} ms deadline | "
+                  f"{100 * lat['deadline_miss_share']:.2f}% |"),
+                  (f"| same, {load['busy_processes']} busy processes | "
+                  f"{100 * load['deadline_miss_share']:.2f}% (p99 "
+                  f"{load['per_hop_ms']['p99']:.3f} ms) |")]
+    return lines

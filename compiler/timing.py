@@ -8,8 +8,11 @@ of rounds is re-run when ``/proc/stat`` shows other processes using more than
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,3 +123,20 @@ def measure_interleaved(
             stats[name].samples_ms.extend(samples)
         done += rounds
     return InterleavedResult(stats, noisy, loaded)
+
+
+@contextmanager
+def cpu_hogs(count: int) -> Iterator[int]:
+    """Keep ``count`` busy-looping processes running for the duration of the block (a loaded
+    machine, for deadline-miss measurements); yield how many were started."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(count)]
+    try:
+        time.sleep(0.2)  # let the scheduler spread them over the cores
+        yield len(hogs)
+    finally:
+        for hog in hogs:
+            hog.kill()
+        for hog in hogs:
+            hog.wait()

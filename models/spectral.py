@@ -91,10 +91,11 @@ class ConvStft(nn.Module):
             "window_sq", spec.window_tensor().pow(2).view(1, 1, -1), persistent=False
         )
 
-    def forward_stft(self, wav: Tensor) -> Tensor:
-        """``[B, L]`` waveform to ``[B, F, T, 2]`` spectrum, equal to ``torch.stft(center=True)``."""
+    def forward_stft(self, wav: Tensor, pad_mode: str = "reflect") -> Tensor:
+        """``[B, L]`` waveform to ``[B, F, T, 2]`` spectrum, equal to ``torch.stft(center=True)``
+        with the same ``pad_mode``."""
         pad = self.spec.n_fft // 2
-        x = F.pad(wav.unsqueeze(1), (pad, pad), mode="reflect")
+        x = F.pad(wav.unsqueeze(1), (pad, pad), mode=pad_mode)
         frames = F.conv1d(x, self.analysis, stride=self.spec.hop)  # [B, 2F, T]
         b, _, t = frames.shape
         return frames.view(b, 2, self.spec.n_bins, t).permute(0, 2, 3, 1)
@@ -114,8 +115,13 @@ class ConvStft(nn.Module):
 class SpectralEnhancer(nn.Module):
     """Waveform wrapper: STFT, a spectrum-to-spectrum ``core``, inverse STFT.
 
-    ``forward(wav [B, L]) -> [B, L]``; the output has the input's length.
+    ``forward(wav [B, L]) -> [B, L]``; the output has the input's length. ``center_pad`` is
+    how the centred STFT pads the signal's ends: ``"reflect"`` (``torch.stft``'s default, what
+    models are trained with) or ``"constant"`` (zeros: silence before and after the signal,
+    which is what a live stream sees, so it is the offline reference of a streaming artifact).
     """
+
+    center_pad = "reflect"
 
     def __init__(
         self, core: nn.Module, stft: StftSpec, sample_rate: int, stft_impl: str = "torch"
@@ -141,10 +147,10 @@ class SpectralEnhancer(nn.Module):
     def analyse(self, wav: Tensor) -> Tensor:
         """Waveform ``[B, L]`` to spectrum ``[B, F, T, 2]``."""
         if self.stft_impl == "conv":
-            return self.conv_stft.forward_stft(wav)
+            return self.conv_stft.forward_stft(wav, self.center_pad)
         spec = torch.stft(
             wav, self.stft.n_fft, self.stft.hop, self.stft.n_fft, self.window,
-            center=True, return_complex=True,
+            center=True, pad_mode=self.center_pad, return_complex=True,
         )
         return torch.view_as_real(spec)
 

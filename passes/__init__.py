@@ -1,5 +1,5 @@
 """Built-in passes; importing this package registers them (one module per pass)."""
 
-from passes import export_onnx, fuse_conv_bn, merge_grouped_gru, validate
+from passes import export_onnx, fuse_conv_bn, merge_grouped_gru, stream, validate
 
-__all__ = ["export_onnx", "fuse_conv_bn", "merge_grouped_gru", "validate"]
+__all__ = ["export_onnx", "fuse_conv_bn", "merge_grouped_gru", "stream", "validate"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from compiler.context import PassContext
 from compiler.errors import PassError
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 from compiler.runtime import Runner, TorchRunner, enhance_each, make_runner
-from compiler.timing import measure_interleaved
+from compiler.streaming import STREAM_FILE, StreamSession, equivalence, within_tolerance
+from compiler.timing import cpu_hogs, measure_interleaved
 from compiler.versions import ROOT, machine_info
 
 
@@ -31,6 +33,7 @@ class ValidateConfig(PassConfig):
     batch: int = 8
     memory: bool = True
     quality: bool = True
+    streaming: bool = True
 
     def check(self) -> None:
         for name in ("repeats", "long_repeats", "batch"):
@@ -73,6 +76,12 @@ class Validate(Pass):
     sides run in this process on the same thread count, timed interleaved with a load guard
     (``compiler.timing``); peak RSS comes from a fresh process per side; quality from the
     evaluation pairs (SI-SDR, PESQ-WB, ESTOI) as absolute values, deltas and SNR buckets.
+
+    When an earlier pass wrote a streaming artifact (``model_stream.onnx``), it is proven and
+    timed too: streamed against offline output on every evaluation file (max abs error,
+    ΔSI-SDR; the pass fails beyond the stream's tolerance), per-hop latency p50/p99 on one
+    thread, real-time factor, its cost against the offline artifact on the same audio, and
+    the share of hops that miss their deadline (one hop of audio) with every core loaded.
     """
 
     name = "validate"
@@ -112,7 +121,58 @@ class Validate(Pass):
         if cfg.quality and pairs:
             metrics["quality"] = self._quality(baseline, candidate, pairs, rate)
             metrics["quality"]["eval_set"] = str(ctx.evaluation.root)
+        if cfg.streaming and STREAM_FILE in ctx.outputs:
+            metrics["streaming"] = self._streaming(
+                StreamSession(ctx.outputs[STREAM_FILE], threads=1), make_runner(artifact, 1),
+                ctx, pairs, audio)
         return PassResult(artifact, False, metrics)
+
+    def _streaming(self, session: StreamSession, offline: Runner, ctx: PassContext,
+                   pairs: list, audio: list[np.ndarray]) -> dict[str, Any]:
+        rate = session.sample_rate
+        tolerance = float(session.session.get_modelmeta().custom_metadata_map.get(
+            "secompile.stream.tolerance", 1e-4))
+        clips = [p.noisy for p in pairs] or [np.asarray(ctx.parity_audio)[0]]
+        proof = equivalence(session, ctx.baseline.module, clips,
+                            [p.clean for p in pairs] if pairs else None)
+        if not within_tolerance(proof, tolerance):
+            raise PassError(self.name, (
+                f"{STREAM_FILE} differs from the offline model by {proof['max_abs']:.3g} max "
+                f"abs on the evaluation audio ({proof['max_abs_vs_float64']:.3g} from a float64 "
+                f"run; tolerance {tolerance:g})"))
+        out: dict[str, Any] = {"equivalence": {**proof, "tolerance": tolerance,
+                                               "audio": "evaluation pairs" if pairs else
+                                               "parity clip"}}
+        clip = _clip(audio, 10 * rate)[0]
+        hop_ms = 1000 * session.hop / rate
+        timed = measure_interleaved(
+            {"offline": lambda: offline(clip[None, :]), "stream": lambda: session.enhance(clip)},
+            repeats=5, warmup=1)
+        hops = len(session.chunks(clip))
+        latencies = np.concatenate([session.hop_latencies_ms(clip) for _ in range(3)])
+        with cpu_hogs(os.cpu_count() or 1) as hogs:
+            loaded = session.hop_latencies_ms(clip)
+        out["latency"] = {
+            "threads": 1,
+            "hop": session.hop,
+            "hop_ms": round(hop_ms, 3),
+            "delay_samples": session.delay_samples,
+            "per_hop_ms": {"p50": round(float(np.percentile(latencies, 50)), 4),
+                           "p99": round(float(np.percentile(latencies, 99)), 4),
+                           "hops": int(latencies.size)},
+            "real_time_factor": round(float(np.mean(latencies)) / hop_ms, 4),
+            "offline_ms_per_hop": round(timed.stats["offline"].percentile(50) / hops, 4),
+            "stream_ms_per_hop": round(timed.stats["stream"].percentile(50) / hops, 4),
+            "stream_cost_vs_offline": round(timed.p50_ratio("stream", "offline"), 3),
+            "deadline_miss_share": round(float(np.mean(latencies > hop_ms)), 5),
+            "under_load": {
+                "busy_processes": hogs,
+                "per_hop_ms": {"p50": round(float(np.percentile(loaded, 50)), 4),
+                               "p99": round(float(np.percentile(loaded, 99)), 4)},
+                "deadline_miss_share": round(float(np.mean(loaded > hop_ms)), 5),
+            },
+        }
+        return out
 
     def _speed(
         self, baseline: Runner, candidate: Runner, audio: list[np.ndarray], rate: int,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from compiler.errors import TargetError
 from targets.base import Target
 from targets.cpu import CPU
+from targets.edge import EDGE
 
-TARGETS: dict[str, Target] = {t.name: t for t in (CPU,)}
+TARGETS: dict[str, Target] = {t.name: t for t in (CPU, EDGE)}
 
 
 def get_target(name: str) -> Target:

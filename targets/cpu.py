@@ -5,7 +5,8 @@ from __future__ import annotations
 from targets.base import Target
 
 
-def _cpu_availability() -> str | None:
+def onnxruntime_cpu_availability() -> str | None:
+    """``None`` when ONNX Runtime with its CPU execution provider is installed, else why not."""
     try:
         import onnxruntime
     except ImportError:
@@ -23,6 +24,7 @@ CPU = Target(
     opset=17,
     execution_providers=("CPUExecutionProvider",),
     default_pipeline="fuse-conv-bn,merge-grouped-gru,export-onnx,validate",
-    supported_passes=frozenset({"fuse-conv-bn", "merge-grouped-gru", "export-onnx", "validate"}),
-    availability=_cpu_availability,
+    supported_passes=frozenset(
+        {"fuse-conv-bn", "merge-grouped-gru", "stream", "export-onnx", "validate"}),
+    availability=onnxruntime_cpu_availability,
 )

@@ -117,3 +117,19 @@ def test_dump_instrument_writes_every_pass_output(tiny, make_ctx, tmp_path) -> N
     state = torch.load(tmp_path / "dump" / "00-fuse-conv-bn.pt", weights_only=True)
     assert "core.conv.weight" in state
     assert run.records[1]["dump"].endswith("01-export-onnx.onnx")
+
+
+def test_side_outputs_reach_later_passes_fresh_or_cached(tiny, make_ctx, tmp_path) -> None:
+    cache = PassCache(tmp_path / "cache")
+    text = "stream,export-onnx"
+    ctx = make_ctx(tiny)
+    first = _manager(text, cache).run(tiny, ctx)
+    assert ctx.outputs["model_stream.onnx"].is_file()
+    served = make_ctx(tiny)
+    again = _manager(text, cache).run(tiny, served)
+    assert again.cache_hits == ["stream", "export-onnx"]
+    path = served.outputs["model_stream.onnx"]
+    assert path.is_relative_to(tmp_path / "cache")
+    assert file_sha256(path) == file_sha256(first.results[0].files[0])
+    path.unlink()  # an entry that lost a side output is a miss, never a build without it
+    assert cache.lookup(first.records[0]["cache_key"]) is None

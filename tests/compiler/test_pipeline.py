@@ -65,3 +65,12 @@ def test_long_canonical_text_loads_back_and_duplicates_are_rejected(tmp_path) ->
     (tmp_path / "dir.toml").mkdir()
     with pytest.raises(ConfigError, match="cannot read pipeline file"):
         PipelineSpec.load(str(tmp_path / "dir.toml"))
+
+
+def test_including_adds_a_pass_once_before_another() -> None:
+    spec = PipelineSpec.parse("fuse-conv-bn,export-onnx{opset=17},validate")
+    streamed = spec.including("stream", before="export-onnx")
+    assert streamed.text() == "fuse-conv-bn,stream,export-onnx{opset=17},validate"
+    assert streamed.including("stream", before="export-onnx") is streamed
+    with pytest.raises(ConfigError, match="no 'export-onnx' pass"):
+        PipelineSpec.parse("fuse-conv-bn").including("stream", before="export-onnx")

@@ -73,7 +73,7 @@ def test_prelu_rewrite_is_exact(slope: np.ndarray, op: str, tmp_path) -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from passes.export_onnx import rewrite_prelu
+    from compiler.onnx_tools import rewrite_prelu
 
     graph = helper.make_graph(
         [helper.make_node("PRelu", ["x", "slope"], ["y"], name="act")], "g",

@@ -63,3 +63,11 @@ def test_cpu_default_pipeline_resolves() -> None:
     passes = PipelineSpec.parse(cpu.default_pipeline).resolve(cpu)
     assert [p.name for p in passes] == [
         "fuse-conv-bn", "merge-grouped-gru", "export-onnx", "validate"]
+
+
+def test_edge_target_streams_by_default() -> None:
+    edge = get_target("edge")
+    assert edge.artifact_format == "onnx" and edge.supports("stream")
+    names = [p.name for p in PipelineSpec.parse(edge.default_pipeline).resolve(edge)]
+    assert names.index("stream") < names.index("export-onnx")
+    assert get_target("cpu").supports("stream")
