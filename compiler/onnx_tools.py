@@ -11,6 +11,19 @@ import onnx
 
 from compiler.errors import ConfigError
 
+SIMPLIFIERS = ("auto", "onnxsim", "onnxslim", "none")
+
+
+def check_export_options(opset: int, simplify: str) -> None:
+    """Raise ``ValueError`` quoting the option when an opset (0: the target's) or a simplifier
+    choice cannot be used; shared by the passes that export ONNX."""
+    if opset and not 13 <= opset <= 21:
+        raise ValueError(f"opset must be between 13 and 21 (or 0), got {opset}")
+    if simplify not in SIMPLIFIERS:
+        raise ValueError(f"simplify must be one of {SIMPLIFIERS}, got {simplify!r}")
+    if simplify in ("onnxsim", "onnxslim") and not importable(simplify):
+        raise ValueError(f"simplify={simplify}, but {simplify} is not installed")
+
 
 def importable(module: str) -> bool:
     """Whether ``module`` can be imported (without importing it)."""

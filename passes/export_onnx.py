@@ -14,9 +14,9 @@ from compiler.artifact import Artifact
 from compiler.context import PassContext
 from compiler.graph import example_batch
 from compiler.onnx_tools import (
+    check_export_options,
     compact_dft_bases,
     drop_unused_opsets,
-    importable,
     ort_optimize,
     rewrite_prelu,
     simplify,
@@ -25,7 +25,6 @@ from compiler.passes import Pass, PassConfig, PassResult, register_pass
 
 INPUT_NAME, OUTPUT_NAME = "noisy", "enhanced"
 ORT_LEVELS = ("disabled", "basic", "extended")
-SIMPLIFIERS = ("auto", "onnxsim", "onnxslim", "none")
 
 
 @dataclass(frozen=True)
@@ -40,12 +39,7 @@ class ExportOnnxConfig(PassConfig):
     parity_tolerance: float = 1e-4
 
     def check(self) -> None:
-        if self.opset and not 13 <= self.opset <= 21:
-            raise ValueError(f"opset must be between 13 and 21 (or 0), got {self.opset}")
-        if self.simplify not in SIMPLIFIERS:
-            raise ValueError(f"simplify must be one of {SIMPLIFIERS}, got {self.simplify!r}")
-        if self.simplify in ("onnxsim", "onnxslim") and not importable(self.simplify):
-            raise ValueError(f"simplify={self.simplify}, but {self.simplify} is not installed")
+        check_export_options(self.opset, self.simplify)
         if self.ort_level not in ORT_LEVELS:
             raise ValueError(f"ort_level must be one of {ORT_LEVELS}, got {self.ort_level!r}")
         if not self.parity_tolerance > 0:

@@ -19,9 +19,9 @@ from compiler.artifact import Artifact
 from compiler.context import PassContext
 from compiler.errors import ModelError, PassError
 from compiler.onnx_tools import (
+    check_export_options,
     compact_dft_bases,
     drop_unused_opsets,
-    importable,
     ort_optimize,
     rewrite_prelu,
     simplify,
@@ -43,7 +43,6 @@ RNN_LAYERS = (nn.GRU, nn.LSTM)
 FRAME_MIXERS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.Upsample,
                 nn.MultiheadAttention, nn.TransformerEncoderLayer)
 PROBE_FRAMES = (5, 9)
-SIMPLIFIERS = ("auto", "onnxsim", "onnxslim", "none")
 
 
 @dataclass(frozen=True)
@@ -58,12 +57,7 @@ class StreamConfig(PassConfig):
     def check(self) -> None:
         if not self.tolerance > 0:
             raise ValueError(f"tolerance must be > 0, got {self.tolerance}")
-        if self.opset and not 13 <= self.opset <= 21:
-            raise ValueError(f"opset must be between 13 and 21 (or 0), got {self.opset}")
-        if self.simplify not in SIMPLIFIERS:
-            raise ValueError(f"simplify must be one of {SIMPLIFIERS}, got {self.simplify!r}")
-        if self.simplify in ("onnxsim", "onnxslim") and not importable(self.simplify):
-            raise ValueError(f"simplify={self.simplify}, but {self.simplify} is not installed")
+        check_export_options(self.opset, self.simplify)
 
 
 @dataclass(frozen=True)

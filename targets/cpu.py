@@ -5,8 +5,7 @@ from __future__ import annotations
 from targets.base import Target
 
 
-def onnxruntime_cpu_availability() -> str | None:
-    """``None`` when ONNX Runtime with its CPU execution provider is installed, else why not."""
+def _cpu_availability() -> str | None:
     try:
         import onnxruntime
     except ImportError:
@@ -26,5 +25,5 @@ CPU = Target(
     default_pipeline="fuse-conv-bn,merge-grouped-gru,export-onnx,validate",
     supported_passes=frozenset(
         {"fuse-conv-bn", "merge-grouped-gru", "stream", "export-onnx", "validate"}),
-    availability=onnxruntime_cpu_availability,
+    availability=_cpu_availability,
 )
