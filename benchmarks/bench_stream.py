@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -71,8 +70,8 @@ def _pairs() -> list:
 def measure(label: str, name: str, weights: Path | None, clip: np.ndarray) -> dict:
     """Every number of one model's row."""
     from compiler.runtime import OrtRunner
-    from compiler.streaming import StreamSession, equivalence
-    from compiler.timing import cpu_hogs, measure_interleaved
+    from compiler.streaming import StreamSession, equivalence, measure_latency
+    from compiler.timing import measure_interleaved
 
     with tempfile.TemporaryDirectory() as work:
         artifact, offline_path, stream_path = _build(name, weights, Path(work))
@@ -81,20 +80,13 @@ def measure(label: str, name: str, weights: Path | None, clip: np.ndarray) -> di
         pairs = _pairs()
         proof = equivalence(session, artifact.module, [p.noisy for p in pairs],
                             [p.clean for p in pairs])
-        hop_ms = 1000 * session.hop / session.sample_rate
-        hops = len(session.chunks(clip))
+        latency = measure_latency(session, offline, clip)
         second = clip[None, : session.sample_rate]
-        timed = measure_interleaved({
-            "stream": lambda: session.enhance(clip),
-            "offline": lambda: offline(clip[None, :]),
-            "offline_1s": lambda: offline(second),
-        }, repeats=10, warmup=1)
-        latencies = np.concatenate([session.hop_latencies_ms(clip) for _ in range(3)])
-        with cpu_hogs(os.cpu_count() or 1) as hogs:
-            loaded = session.hop_latencies_ms(clip)
+        rerun = measure_interleaved({"offline_1s": lambda: offline(second)}, repeats=10)
+        load = latency["under_load"]
         return {
             "model": label,
-            "hop_ms": hop_ms,
+            "hop_ms": latency["hop_ms"],
             "delay_ms": 1000 * session.delay_samples / session.sample_rate,
             "states": len(session.state_names),
             "stream_bytes": stream_path.stat().st_size,
@@ -104,17 +96,17 @@ def measure(label: str, name: str, weights: Path | None, clip: np.ndarray) -> di
             "offline_fp32_vs_float64": proof["offline_float32_vs_float64"],
             "max_abs_delta_si_sdr": proof["max_abs_delta_si_sdr"],
             "delta_si_sdr_vs_reflect_offline": proof["mean_delta_si_sdr_vs_reflect_offline"],
-            "hop_p50_ms": float(np.percentile(latencies, 50)),
-            "hop_p99_ms": float(np.percentile(latencies, 99)),
-            "real_time_factor": float(np.mean(latencies)) / hop_ms,
-            "stream_ms_per_hop": timed.stats["stream"].percentile(50) / hops,
-            "offline_ms_per_hop": timed.stats["offline"].percentile(50) / hops,
-            "rerun_last_1s_ms_per_hop": timed.stats["offline_1s"].percentile(50),
-            "timing_blocks_rerun_for_load": timed.noisy_blocks,
-            "loaded_busy_processes": hogs,
-            "loaded_hop_p99_ms": float(np.percentile(loaded, 99)),
-            "loaded_deadline_miss_share": float(np.mean(loaded > hop_ms)),
-            "deadline_miss_share": float(np.mean(latencies > hop_ms)),
+            "hop_p50_ms": latency["per_hop_ms"]["p50"],
+            "hop_p99_ms": latency["per_hop_ms"]["p99"],
+            "real_time_factor": latency["real_time_factor"],
+            "stream_ms_per_hop": latency["stream_ms_per_hop"],
+            "offline_ms_per_hop": latency["offline_ms_per_hop"],
+            "rerun_last_1s_ms_per_hop": rerun.stats["offline_1s"].percentile(50),
+            "timing_blocks_rerun_for_load": latency["timing_blocks_rerun_for_outside_load"],
+            "deadline_miss_share": latency["deadline_miss_share"],
+            "loaded_busy_processes": load["busy_processes"],
+            "loaded_hop_p99_ms": load["per_hop_ms"]["p99"],
+            "loaded_deadline_miss_share": load["deadline_miss_share"],
         }
 
 

@@ -66,6 +66,7 @@ class StreamSession:
         except (KeyError, ValueError):
             raise ModelError(f"{path} is not a secompile streaming artifact "
                              f"(no {PROP_PREFIX}hop/delay_samples/sample_rate metadata)") from None
+        self.tolerance = float(props.get(PROP_PREFIX + "tolerance", "nan"))
         inputs = self.session.get_inputs()
         self.chunk_name = inputs[0].name
         self.state_names = [i.name for i in inputs[1:]]
@@ -198,3 +199,45 @@ def within_tolerance(result: dict[str, Any], tolerance: float) -> bool:
     if result["max_abs"] <= tolerance:
         return True
     return result["max_abs_vs_float64"] <= tolerance + 2 * result["offline_float32_vs_float64"]
+
+
+def measure_latency(session: StreamSession, offline: Any, clip: np.ndarray) -> dict[str, Any]:
+    """Time ``session`` on ``clip`` ``[L]`` (real audio, ~10 s): per-hop latency p50/p99 over
+    three passes, the real-time factor, the cost per hop of audio against the ``offline``
+    runner (``[1, L] -> [1, L]``) on the same clip (interleaved medians), and the share of
+    hops over their deadline (one hop of audio), idle and with one busy process per core."""
+    import os
+
+    from compiler.timing import cpu_hogs, measure_interleaved
+
+    hop_ms = 1000 * session.hop / session.sample_rate
+    hops = len(session.chunks(clip))
+    timed = measure_interleaved(
+        {"offline": lambda: offline(clip[None, :]), "stream": lambda: session.enhance(clip)},
+        repeats=5, warmup=1)
+    idle = np.concatenate([session.hop_latencies_ms(clip) for _ in range(3)])
+    with cpu_hogs(os.cpu_count() or 1) as hogs:
+        loaded = session.hop_latencies_ms(clip)
+
+    def percentiles(ms: np.ndarray) -> dict[str, float]:
+        return {"p50": round(float(np.percentile(ms, 50)), 4),
+                "p99": round(float(np.percentile(ms, 99)), 4), "hops": int(ms.size)}
+
+    return {
+        "threads": session.session.get_session_options().intra_op_num_threads,
+        "hop": session.hop,
+        "hop_ms": round(hop_ms, 3),
+        "delay_samples": session.delay_samples,
+        "per_hop_ms": percentiles(idle),
+        "real_time_factor": round(float(np.mean(idle)) / hop_ms, 4),
+        "offline_ms_per_hop": round(timed.stats["offline"].percentile(50) / hops, 4),
+        "stream_ms_per_hop": round(timed.stats["stream"].percentile(50) / hops, 4),
+        "stream_cost_vs_offline": round(timed.p50_ratio("stream", "offline"), 3),
+        "timing_blocks_rerun_for_outside_load": timed.noisy_blocks,
+        "deadline_miss_share": round(float(np.mean(idle > hop_ms)), 5),
+        "under_load": {
+            "busy_processes": hogs,
+            "per_hop_ms": percentiles(loaded),
+            "deadline_miss_share": round(float(np.mean(loaded > hop_ms)), 5),
+        },
+    }

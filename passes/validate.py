@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,8 +18,14 @@ from compiler.context import PassContext
 from compiler.errors import PassError
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 from compiler.runtime import Runner, TorchRunner, enhance_each, make_runner
-from compiler.streaming import STREAM_FILE, StreamSession, equivalence, within_tolerance
-from compiler.timing import cpu_hogs, measure_interleaved
+from compiler.streaming import (
+    STREAM_FILE,
+    StreamSession,
+    equivalence,
+    measure_latency,
+    within_tolerance,
+)
+from compiler.timing import measure_interleaved
 from compiler.versions import ROOT, machine_info
 
 
@@ -129,9 +134,7 @@ class Validate(Pass):
 
     def _streaming(self, session: StreamSession, offline: Runner, ctx: PassContext,
                    pairs: list, audio: list[np.ndarray]) -> dict[str, Any]:
-        rate = session.sample_rate
-        tolerance = float(session.session.get_modelmeta().custom_metadata_map.get(
-            "secompile.stream.tolerance", 1e-4))
+        tolerance = 1e-4 if np.isnan(session.tolerance) else session.tolerance
         clips = [p.noisy for p in pairs] or [np.asarray(ctx.parity_audio)[0]]
         proof = equivalence(session, ctx.baseline.module, clips,
                             [p.clean for p in pairs] if pairs else None)
@@ -140,39 +143,11 @@ class Validate(Pass):
                 f"{STREAM_FILE} differs from the offline model by {proof['max_abs']:.3g} max "
                 f"abs on the evaluation audio ({proof['max_abs_vs_float64']:.3g} from a float64 "
                 f"run; tolerance {tolerance:g})"))
-        out: dict[str, Any] = {"equivalence": {**proof, "tolerance": tolerance,
-                                               "audio": "evaluation pairs" if pairs else
-                                               "parity clip"}}
-        clip = _clip(audio, 10 * rate)[0]
-        hop_ms = 1000 * session.hop / rate
-        timed = measure_interleaved(
-            {"offline": lambda: offline(clip[None, :]), "stream": lambda: session.enhance(clip)},
-            repeats=5, warmup=1)
-        hops = len(session.chunks(clip))
-        latencies = np.concatenate([session.hop_latencies_ms(clip) for _ in range(3)])
-        with cpu_hogs(os.cpu_count() or 1) as hogs:
-            loaded = session.hop_latencies_ms(clip)
-        out["latency"] = {
-            "threads": 1,
-            "hop": session.hop,
-            "hop_ms": round(hop_ms, 3),
-            "delay_samples": session.delay_samples,
-            "per_hop_ms": {"p50": round(float(np.percentile(latencies, 50)), 4),
-                           "p99": round(float(np.percentile(latencies, 99)), 4),
-                           "hops": int(latencies.size)},
-            "real_time_factor": round(float(np.mean(latencies)) / hop_ms, 4),
-            "offline_ms_per_hop": round(timed.stats["offline"].percentile(50) / hops, 4),
-            "stream_ms_per_hop": round(timed.stats["stream"].percentile(50) / hops, 4),
-            "stream_cost_vs_offline": round(timed.p50_ratio("stream", "offline"), 3),
-            "deadline_miss_share": round(float(np.mean(latencies > hop_ms)), 5),
-            "under_load": {
-                "busy_processes": hogs,
-                "per_hop_ms": {"p50": round(float(np.percentile(loaded, 50)), 4),
-                               "p99": round(float(np.percentile(loaded, 99)), 4)},
-                "deadline_miss_share": round(float(np.mean(loaded > hop_ms)), 5),
-            },
+        audio_name = "evaluation pairs" if pairs else "parity clip"
+        return {
+            "equivalence": {**proof, "tolerance": tolerance, "audio": audio_name},
+            "latency": measure_latency(session, offline, _clip(audio, 10 * session.sample_rate)[0]),
         }
-        return out
 
     def _speed(
         self, baseline: Runner, candidate: Runner, audio: list[np.ndarray], rate: int,
