@@ -126,12 +126,17 @@ class StreamSession:
         return np.asarray(times)
 
 
-def zero_boundary_offline(module: Any, wav: np.ndarray, double: bool = False) -> np.ndarray:
+def zero_boundary_offline(
+    module: Any, wav: np.ndarray, double: bool = False, stft_impl: str | None = None,
+) -> np.ndarray:
     """The offline output a stream must reproduce: ``module`` (a ``SpectralEnhancer``) on the
-    whole of ``wav`` ``[L]``, with zero centre padding and the signal padded to whole hops."""
+    whole of ``wav`` ``[L]``, with zero centre padding and the signal padded to whole hops;
+    with ``stft_impl`` (``"conv"``, ``"torch"``) its STFT computed that way."""
     import torch
 
     model = copy.deepcopy(module).eval()
+    if stft_impl is not None:
+        model.stft_impl = stft_impl
     model.center_pad = "constant"
     dtype = np.float64 if double else np.float32
     if double:
@@ -150,9 +155,11 @@ def equivalence(
 ) -> dict[str, Any]:
     """Stream each clip and compare it with the offline model (``zero_boundary_offline``).
 
-    Returns the largest max abs error over the clips against the float32 offline model, the
-    same against the model computed in float64 (the exact reference: two correct float32
-    computations can differ by more than either does from it), and, with ``clean``
+    Returns the largest max abs error over the clips against the float32 offline model in the
+    form the offline artifact computes it (STFT as a convolution with the DFT basis), against
+    the model computed in float64 with ``torch.stft`` (the exact reference: two correct
+    float32 computations can differ by more than either does from it), and against the
+    float32 model with ``torch.stft`` (as the model's authors run it); with ``clean``
     references, the largest |ΔSI-SDR| between the streamed and offline outputs plus the mean
     ΔSI-SDR against the model's own offline output with reflect padding (the boundary effect
     of starting from silence).
@@ -162,11 +169,13 @@ def equivalence(
     rows = []
     for index, wav in enumerate(clips):
         streamed = session.enhance(wav)
-        offline = zero_boundary_offline(module, wav)
-        exact = zero_boundary_offline(module, wav, double=True)
+        offline = zero_boundary_offline(module, wav, stft_impl="conv")
+        exact = zero_boundary_offline(module, wav, double=True, stft_impl="torch")
+        authors = zero_boundary_offline(module, wav, stft_impl="torch")
         row = {
             "max_abs": float(np.max(np.abs(streamed.astype(np.float64) - offline))),
             "max_abs_vs_float64": float(np.max(np.abs(streamed - exact))),
+            "max_abs_vs_torch_stft": float(np.max(np.abs(streamed.astype(np.float64) - authors))),
             "offline_float32_vs_float64": float(np.max(np.abs(offline - exact))),
         }
         if clean is not None:

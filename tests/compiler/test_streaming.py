@@ -34,6 +34,8 @@ def test_zero_boundary_reference_is_the_model_on_silence_padded_hops() -> None:
         expected = module(torch.from_numpy(padded[None]))[0, : len(wav)].numpy()
     assert np.array_equal(out, expected)
     assert np.max(np.abs(zero_boundary_offline(module, wav, double=True) - out)) < 1e-5
+    conv = zero_boundary_offline(module, wav, stft_impl="conv")
+    assert 0 < np.max(np.abs(conv - out)) < 1e-5  # the same model, another STFT algorithm
 
 
 def test_tolerance_rule_accepts_the_float64_fallback_only_within_the_offline_error() -> None:

@@ -256,6 +256,7 @@ def test_real_models_stream_equal_offline_on_the_shared_pairs(checkpoint, make_c
     proof = equivalence(StreamSession(result.files[0]), artifact.module,
                         [p.noisy for p in pairs], [p.clean for p in pairs])
     assert proof["files"] == len(pairs) >= 10
-    assert within_tolerance(proof, 1e-4), proof
+    assert proof["max_abs"] <= 1e-4, proof  # against the offline model as model.onnx runs it
     assert proof["max_abs_vs_float64"] <= 1e-4
+    assert within_tolerance(proof, 1e-4)
     assert proof["max_abs_delta_si_sdr"] <= 0.01
