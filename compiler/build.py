@@ -20,6 +20,7 @@ from calibration.audio import read_audio
 from calibration.datasets import AudioFolder, PairedFolder
 from compiler.cache import PassCache
 from compiler.context import PassContext
+from compiler.distributed import make_executor
 from compiler.errors import OutputError
 from compiler.instruments import DumpInstrument, default_instruments
 from compiler.manager import PassManager, PipelineRun
@@ -47,6 +48,7 @@ class BuildRequest:
     dump_dir: Path | None = None
     resample: bool = False
     stream: bool = False
+    ray: str | None = None  # None/"off": serial; "auto": local Ray if installed; else address
 
 
 def check_writable(folder: Path, what: str = "output folder") -> None:
@@ -140,6 +142,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     log(f"model {artifact.info.name}: {artifact.info.params} parameters, {rate} Hz")
 
     runs: dict[str, PipelineRun] = {}
+    executor = make_executor(request.ray)
     with tempfile.TemporaryDirectory(prefix="secompile-") as work:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=request.out))
         try:
@@ -148,7 +151,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
                 ctx = PassContext(
                     target=target, workdir=Path(work) / target.name, baseline=artifact,
                     parity_audio=parity, evaluation=evaluation, calibration=calibration,
-                    threads=request.threads, seed=request.seed,
+                    threads=request.threads, seed=request.seed, executor=executor,
                 )
                 run = managers[target.name].run(artifact, ctx)
                 runs[target.name] = run
@@ -164,11 +167,13 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
                 "eval": str(eval_root) if eval_root else None,
                 "calib": str(request.calib) if request.calib else None,
                 "cache": str(request.cache_dir) if request.cache_dir else None,
+                "ray": request.ray,
             }
             report = build_report(artifact.info, runs, settings)
             write_json(staging / "report.json", report)
             (staging / "report.md").write_text(render_markdown(report))
             _commit(staging, request.out)
         finally:
+            executor.close()
             shutil.rmtree(staging, ignore_errors=True)
     return report

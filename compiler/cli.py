@@ -86,12 +86,16 @@ def _target_names() -> list[str]:
 @click.option("--stream", is_flag=True,
               help="Also write <target>/model_stream.onnx, a hop-by-hop artifact with explicit "
                    "state, proven equivalent to the offline model (default for edge).")
+@click.option("--ray", "ray", default="auto", show_default=True, metavar="auto|ADDRESS",
+              help="Score evaluation files on Ray: 'auto' starts a local Ray when Ray is "
+                   "installed and the evaluation set is large enough; ADDRESS joins a cluster.")
+@click.option("--no-ray", is_flag=True, help="Run everything in this process.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @_guarded
 def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
           pipeline: str | None, calib: Path | None, eval_dir: Path | None, out: Path,
           threads: int, cache_dir: Path | None, no_cache: bool, seed: int, dump_dir: Path | None,
-          resample: bool, stream: bool, quiet: bool) -> None:
+          resample: bool, stream: bool, ray: str, no_ray: bool, quiet: bool) -> None:
     """Compile MODEL (a registry name, FILE.py:factory or TorchScript; default: the shipped
     default model) for each target and write artifacts, manifests and the report to --out."""
     from compiler.build import BuildRequest, run_build
@@ -99,7 +103,7 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
     request = BuildRequest(
         model=model, out=out, weights=weights, targets=targets or ("cpu",), pipeline=pipeline,
         calib=calib, eval=eval_dir, threads=threads, seed=seed, dump_dir=dump_dir,
-        resample=resample, stream=stream,
+        resample=resample, stream=stream, ray=None if no_ray else ray,
         cache_dir=None if no_cache else (cache_dir or _default_cache_dir()),
     )
     log = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
@@ -123,6 +127,48 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
             parts.append(f"cache hits: {', '.join(t['cache_hits'])}")
         click.echo("; ".join(parts))
     click.echo(f"report: {out / 'report.md'}")
+
+
+@main.command("build-many")
+@click.argument("fleet", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output folder: one <name>-<target>/ build each, fleet.json, fleet.md.")
+@click.option("--cache-dir", type=click.Path(path_type=Path),
+              help="Pass cache shared by every build (default: the fleet file's, else "
+                   "~/.cache/secompile).")
+@click.option("--no-cache", is_flag=True, help="Run every pass of every build.")
+@click.option("--ray", "ray", default="auto", show_default=True, metavar="auto|ADDRESS",
+              help="Run the builds as Ray tasks: 'auto' starts a local Ray when Ray is "
+                   "installed; ADDRESS joins a cluster.")
+@click.option("--no-ray", is_flag=True, help="Run the builds one after another here.")
+@_guarded
+def build_many(fleet: Path, out: Path, cache_dir: Path | None, no_cache: bool, ray: str,
+               no_ray: bool) -> None:
+    """Build every model x target of FLEET (a TOML file), sharing one pass cache."""
+    from compiler.build import check_writable
+    from compiler.distributed import make_executor
+    from compiler.fleet import load_fleet, run_fleet, with_cache
+
+    out = out.resolve()  # builds may run in Ray workers with another working directory
+    builds = load_fleet(fleet, out, cache_dir.resolve() if cache_dir else None)
+    if no_cache:
+        builds = with_cache(builds, None)
+    elif all(b.request.cache_dir is None for b in builds):
+        builds = with_cache(builds, _default_cache_dir())
+    check_writable(out)
+    executor = make_executor(None if no_ray else ray)
+    try:
+        summary = run_fleet(builds, executor, out)
+    finally:
+        executor.close()
+    for outcome in summary["builds"]:
+        detail = (f"speedup {outcome['speedup']}, cache hits {len(outcome['cache_hits'])}"
+                  if outcome["status"] == "ok" else outcome["error"])
+        click.echo(f"{outcome['name']}: {outcome['status']} ({detail}) -> {outcome['out']}")
+    click.echo(f"fleet: {summary['ok']} built, {summary['failed']} failed; "
+               f"summary: {out / 'fleet.md'}")
+    if summary["failed"]:
+        sys.exit(max(o.get("exit_code", 1) for o in summary["builds"]))
 
 
 def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int, int]:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compiler.distributed import Executor, SerialExecutor
+
 if TYPE_CHECKING:
     from calibration.datasets import AudioFolder, PairedFolder
     from compiler.artifact import Artifact
@@ -21,7 +23,8 @@ class PassContext:
     checks compare against; ``parity_audio`` is a short real clip ``[1, L]`` for those checks.
     ``outputs`` maps the file name of every side output written so far in this pipeline (a
     ``PassResult.files`` entry, e.g. ``model_stream.onnx``) to where it is, fresh or cached; the
-    manager fills it, later passes read it.
+    manager fills it, later passes read it. ``executor`` is where independent work such as
+    scoring evaluation files may run (in process, or on Ray); results never depend on it.
     """
 
     target: Target
@@ -35,6 +38,7 @@ class PassContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("secompile"))
 
     outputs: dict[str, Path] = field(default_factory=dict)
+    executor: Executor = field(default_factory=SerialExecutor)
     pass_dir: Path | None = None
 
     def with_pass_dir(self, index: int, pass_name: str) -> PassContext:

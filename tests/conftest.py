@@ -122,3 +122,19 @@ def make_ctx(tmp_path: Path):
         return ctx.with_pass_dir(0, "test")
 
     return make
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real Ray cluster on this machine: a head and a second node on other ports, one CPU
+    each; skips where Ray is not installed."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (the 'distributed' extra)")
+    from ray.cluster_utils import Cluster
+
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes.add_node(num_cpus=1)
+    nodes.wait_for_nodes()
+    yield nodes
+    if ray.is_initialized():
+        ray.shutdown()
+    nodes.shutdown()
