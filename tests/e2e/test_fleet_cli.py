@@ -151,3 +151,24 @@ def test_build_validation_on_a_ray_cluster_equals_serial(ray_cluster, tmp_path) 
     assert on_ray["executor"] == "ray" and on_ray["tasks"] == 2 and on_ray["nodes"] == 2
     assert quality["--no-ray"].pop("execution")["executor"] == "serial"
     assert quality["--ray"] == quality["--no-ray"]
+
+
+def test_interrupted_fleet_leaves_no_partial_artifact_or_summary(tmp_path) -> None:
+    from compiler.distributed import SerialExecutor
+    from compiler.fleet import load_fleet, run_fleet
+
+    class InterruptedAfterFirst(SerialExecutor):
+        def map(self, fn, items, num_cpus=1, num_gpus=0):
+            fn(items[0])
+            staged = Path(items[1].request.out) / ".staging-killed"  # a task killed mid-build
+            staged.mkdir(parents=True)
+            (staged / "model.onnx").write_bytes(b"partial")
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    builds = load_fleet(_fleet(tmp_path), out, None)
+    with pytest.raises(KeyboardInterrupt):
+        run_fleet(builds, InterruptedAfterFirst(), out)
+    assert (out / "default-cpu" / "report.json").is_file()  # finished builds are whole
+    assert not list(out.rglob(".staging-*")) and not (out / "fleet.json").exists()
+    assert not (out / "default-edge" / "edge").exists()
