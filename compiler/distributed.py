@@ -95,9 +95,10 @@ class RayExecutor(Executor):
                                object_store_memory=200 * 1024 * 1024)
             try:
                 ray.init(**options)
-            except ConnectionError as exc:
-                raise ConfigError(f"cannot join the Ray cluster at {self.address}: {exc}"
-                                  ) from None
+            except (ConnectionError, RuntimeError) as exc:
+                where = (f"join the Ray cluster at {self.address}" if self.address
+                         else "start a local Ray")
+                raise ConfigError(f"cannot {where}: {exc} (--no-ray runs serially)") from None
             self._started = True
         return ray
 
