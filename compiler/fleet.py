@@ -85,6 +85,9 @@ def load_fleet(path: Path, out: Path, cache_dir: Path | None) -> list[FleetBuild
         raise ConfigError(f"fleet file {path}: expected one or more [[model]] tables")
     base = Path(path).resolve().parent
     threads = data.get("threads", 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ConfigError(f"fleet file {path}: 'threads' must be an integer >= 1, got "
+                          f"{threads!r}")
     if cache_dir is None and "cache_dir" in data:
         cache_dir = _path(base, data["cache_dir"], "cache_dir", str(path))
     builds: list[FleetBuild] = []
@@ -99,6 +102,9 @@ def load_fleet(path: Path, out: Path, cache_dir: Path | None) -> list[FleetBuild
         name = str(entry.get("name") or Path(str(entry["model"]).split(":")[0]).stem)
         if not _NAME.match(name):
             raise ConfigError(f"{where}: name {name!r} must be letters, digits, '.', '_', '-'")
+        cpus = entry.get("cpus", DEFAULT_CPUS)
+        if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
+            raise ConfigError(f"{where}: 'cpus' must be a number > 0, got {cpus!r}")
         targets = entry.get("targets", ["cpu"])
         if not isinstance(targets, list) or not targets:
             raise ConfigError(f"{where}: 'targets' must be a non-empty list")
@@ -115,12 +121,11 @@ def load_fleet(path: Path, out: Path, cache_dir: Path | None) -> list[FleetBuild
                 targets=(target_name,), pipeline=entry.get("pipeline"),
                 calib=_path(base, entry.get("calib"), "calib", where),
                 eval=_path(base, entry.get("eval"), "eval", where),
-                threads=int(threads), cache_dir=cache_dir, seed=int(entry.get("seed", 0)),
+                threads=threads, cache_dir=cache_dir, seed=int(entry.get("seed", 0)),
                 resample=bool(entry.get("resample", False)),
                 stream=bool(entry.get("stream", False)), ray=None,
             )
-            builds.append(FleetBuild(f"{name}-{target_name}", request,
-                                     float(entry.get("cpus", DEFAULT_CPUS)),
+            builds.append(FleetBuild(f"{name}-{target_name}", request, float(cpus),
                                      1.0 if target_name == "gpu" else 0.0))
     names = [b.name for b in builds]
     duplicated = sorted({n for n in names if names.count(n) > 1})

@@ -121,6 +121,8 @@ targets = ["cpu"]
     ("[[model]]\nmodel = 'default'\npipeline = 'warp'\n", "unknown pass 'warp'"),
     ("[[model]]\nmodel = 'default'\n[[model]]\nmodel = 'default'\n", "named twice"),
     ("model = [", "not valid TOML"),
+    ("threads = 0\n[[model]]\nmodel = 'default'\n", "'threads' must be an integer >= 1"),
+    ("[[model]]\nmodel = 'default'\ncpus = -1\n", "'cpus' must be a number > 0"),
 ])
 def test_bad_fleet_files_are_refused_before_any_build(text, message, tmp_path) -> None:
     fleet = tmp_path / "fleet.toml"
