@@ -40,7 +40,8 @@ class ScoringJob:
 
     ``files`` are ``(name, noisy path, clean path)``; ``artifact_onnx`` the artifact's file
     bytes; ``reference_source`` the ``ModelInfo.source`` of the fp32 model and
-    ``reference_state`` its ``torch.save``'d state_dict (loaded with ``weights_only=True``).
+    ``reference_state`` its ``torch.save``'d state_dict (loaded with ``weights_only=True``);
+    ``threads`` the intra-op threads both models run on, as in the serial path.
     """
 
     files: tuple[tuple[str, str, str], ...]
@@ -48,6 +49,7 @@ class ScoringJob:
     artifact_onnx: bytes
     reference_source: dict[str, Any]
     reference_state: bytes
+    threads: int = 1
 
 
 _RUNNERS: dict[str, Runner] = {}  # per worker process: models rebuilt once, reused by tasks
@@ -58,13 +60,13 @@ def _digest(data: bytes) -> str:
 
 
 def _artifact_runner(job: ScoringJob) -> Runner:
-    key = "onnx:" + _digest(job.artifact_onnx)
+    key = f"onnx:{job.threads}:" + _digest(job.artifact_onnx)
     if key not in _RUNNERS:
         import onnxruntime as ort
 
         from compiler.runtime import session_options
 
-        session = ort.InferenceSession(job.artifact_onnx, session_options(1),
+        session = ort.InferenceSession(job.artifact_onnx, session_options(job.threads),
                                        providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         _RUNNERS[key] = lambda wav: session.run(None, {name: wav})[0]
@@ -72,7 +74,7 @@ def _artifact_runner(job: ScoringJob) -> Runner:
 
 
 def _reference_runner(job: ScoringJob) -> Runner:
-    key = "torch:" + _digest(job.reference_state)
+    key = f"torch:{job.threads}:" + _digest(job.reference_state)
     if key not in _RUNNERS:
         import torch
 
@@ -84,7 +86,7 @@ def _reference_runner(job: ScoringJob) -> Runner:
                             else None).module
         state = torch.load(io.BytesIO(job.reference_state), weights_only=True)
         module.load_state_dict(state, strict=True)
-        _RUNNERS[key] = TorchRunner(module.eval(), 1)
+        _RUNNERS[key] = TorchRunner(module.eval(), job.threads)
     return _RUNNERS[key]
 
 
@@ -157,7 +159,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def score_on(executor: Any, files: list[tuple[str, str, str]], rules: AudioRules,
              artifact_onnx: bytes, reference_source: dict[str, Any],
-             reference_state: bytes) -> tuple[list[dict[str, Any]], int]:
+             reference_state: bytes, threads: int = 1) -> tuple[list[dict[str, Any]], int]:
     """Score ``files`` on ``executor``'s workers: split by audio duration (longest first onto
     the least-loaded worker), one task per worker; rows come back in ``files`` order. Returns
     the rows and the number of tasks."""
@@ -167,7 +169,7 @@ def score_on(executor: Any, files: list[tuple[str, str, str]], rules: AudioRules
 
     groups = balance([sf.info(noisy).frames for _, noisy, _ in files], executor.workers)
     jobs = [ScoringJob(tuple(files[i] for i in group), rules, artifact_onnx, reference_source,
-                       reference_state) for group in groups]
+                       reference_state, threads) for group in groups]
     rows: list[dict[str, Any]] = [{}] * len(files)
     for group, scored in zip(groups, executor.map(score_job, jobs), strict=True):
         for index, row in zip(group, scored, strict=True):

@@ -94,8 +94,8 @@ class Validate(Pass):
     With a Ray executor in the context and at least ``distribute_min_seconds`` of evaluation
     audio, the quality scoring runs as Ray tasks split by duration (``compiler.scoring``); the
     metrics are the ones the serial path gives. Below that, starting Ray costs more than it
-    saves (measured: on the 22 shared pairs, 80 s of audio, Ray ran at 0.79x the serial speed
-    with its start included).
+    saves (measured: on the 22 shared pairs, 80 s of audio, Ray ran at 0.74x the serial speed
+    with its start included; ``benchmarks/bench_distributed.py``).
 
     When an earlier pass wrote a streaming artifact (``model_stream.onnx``), it is proven and
     timed too: streamed against offline output on every evaluation file (max abs error,
@@ -224,5 +224,6 @@ class Validate(Pass):
             rows = [score_file(*f, rules, baseline, candidate) for f in files]
             return {**summarize(rows), "execution": {"executor": "serial", "tasks": 1}}
         rows, tasks = score_on(executor, files, rules, artifact.path.read_bytes(),
-                               ctx.baseline.info.source, _state_bytes(ctx.baseline.module))
+                               ctx.baseline.info.source, _state_bytes(ctx.baseline.module),
+                               ctx.threads)
         return {**summarize(rows), "execution": {**executor.describe(), "tasks": tasks}}
