@@ -167,7 +167,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
                 "eval": str(eval_root) if eval_root else None,
                 "calib": str(request.calib) if request.calib else None,
                 "cache": str(request.cache_dir) if request.cache_dir else None,
-                "ray": request.ray,
+                "execution": executor.settings(),
             }
             report = build_report(artifact.info, runs, settings)
             write_json(staging / "report.json", report)

@@ -38,7 +38,8 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted: no artifact was written", err=True)
+            click.echo("interrupted: nothing half-written was left (finished builds of a "
+                       "fleet are kept)", err=True)
             sys.exit(130)
         except Exception as exc:
             if debug:

@@ -11,12 +11,14 @@ dies. Ray is an optional extra (``pip install 'secompile[distributed]'``); witho
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import re
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from compiler.errors import ConfigError
+from compiler.errors import ConfigError, SecompileError
 
 TASK_RETRIES = 3
 
@@ -41,10 +43,20 @@ class Executor:
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any],
             num_cpus: float | Sequence[float] = 1,
-            num_gpus: float | Sequence[float] = 0) -> list[Any]:
+            num_gpus: float | Sequence[float] = 0,
+            return_exceptions: bool = False) -> list[Any]:
         """``[fn(item) for item in items]``, each call given ``num_cpus``/``num_gpus`` (one
-        value for all, or one per item)."""
-        return [fn(item) for item in items]
+        value for all, or one per item). With ``return_exceptions``, an item whose call
+        failed gets the exception in its place instead of the whole map raising it."""
+        results: list[Any] = []
+        for item in items:
+            try:
+                results.append(fn(item))
+            except Exception as exc:  # handed back to the caller
+                if not return_exceptions:
+                    raise
+                results.append(exc)
+        return results
 
     def largest_node_cpus(self) -> float:
         """The most CPUs one task can get (a task asking for more would never run)."""
@@ -53,6 +65,10 @@ class Executor:
     def describe(self) -> dict[str, Any]:
         """Plain-data description for reports."""
         return {"executor": self.name, "workers": self.workers}
+
+    def settings(self) -> dict[str, Any]:
+        """What the executor was and whether it was used, without starting anything."""
+        return self.describe()
 
     def close(self) -> None:
         """Release what the executor started."""
@@ -72,12 +88,15 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 fallback: bool = False) -> None:
         if not ray_installed():
             raise ConfigError("Ray is not installed (pip install 'secompile[distributed]'), "
                               "so --ray cannot be used; --no-ray runs serially")
         self.address = address
         self.num_cpus = num_cpus
+        self.fallback = fallback  # --ray auto: a local Ray that cannot start means serial
+        self._failed: str | None = None
         self._started = False
         self._remotes: dict[Callable, Any] = {}
 
@@ -95,7 +114,7 @@ class RayExecutor(Executor):
                                object_store_memory=200 * 1024 * 1024)
             try:
                 ray.init(**options)
-            except (ConnectionError, RuntimeError) as exc:
+            except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = (f"join the Ray cluster at {self.address}" if self.address
                          else "start a local Ray")
                 raise ConfigError(f"cannot {where}: {exc} (--no-ray runs serially)") from None
@@ -103,8 +122,27 @@ class RayExecutor(Executor):
         return ray
 
     @property
+    def usable(self) -> bool:
+        """Whether Ray is running or could be started; with ``fallback`` a failed local start
+        is logged once and reported here, so the caller runs serially instead."""
+        if self._failed is not None:
+            return False
+        try:
+            self._ensure()
+        except ConfigError as exc:
+            if not self.fallback:
+                raise
+            self._failed = str(exc)
+            logging.getLogger("secompile").warning("%s; running serially", exc)
+            return False
+        return True
+
+    @property
     def workers(self) -> int:
-        ray = self._ensure()
+        if not self.usable:
+            return 1
+        import ray
+
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def nodes(self) -> int:
@@ -113,14 +151,21 @@ class RayExecutor(Executor):
         return sum(1 for node in ray.nodes() if node.get("Alive"))
 
     def largest_node_cpus(self) -> float:
-        ray = self._ensure()
+        if not self.usable:
+            return super().largest_node_cpus()
+        import ray
+
         return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes()
                     if node.get("Alive")), default=1.0)
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any],
             num_cpus: float | Sequence[float] = 1,
-            num_gpus: float | Sequence[float] = 0) -> list[Any]:
-        ray = self._ensure()
+            num_gpus: float | Sequence[float] = 0,
+            return_exceptions: bool = False) -> list[Any]:
+        if not self.usable:
+            return super().map(fn, items, num_cpus, num_gpus, return_exceptions)
+        import ray
+
         remote = self._remotes.get(fn)
         if remote is None:
             remote = self._remotes[fn] = ray.remote(fn)
@@ -128,18 +173,33 @@ class RayExecutor(Executor):
         refs = [remote.options(num_cpus=c, num_gpus=g, max_retries=TASK_RETRIES,
                                retry_exceptions=False).remote(item)
                 for item, c, g in zip(items, cpus, gpus, strict=True)]
+        results: list[Any] = []
         try:
-            return ray.get(refs)
-        except ray.exceptions.RayTaskError as exc:
-            raise exc.as_instanceof_cause() from None
-        except KeyboardInterrupt:
+            for ref in refs:  # one at a time: a lost task must not hide the others' results
+                try:
+                    results.append(ray.get(ref))
+                except ray.exceptions.RayError as exc:
+                    error = _task_error(exc)
+                    if not return_exceptions:
+                        raise error from None
+                    results.append(error)
+        except BaseException:
             for ref in refs:
                 ray.cancel(ref, force=True)
             raise
+        return results
 
     def describe(self) -> dict[str, Any]:
+        if not self.usable:
+            return {"executor": "serial", "workers": 1, "ray_failed": self._failed}
         return {"executor": self.name, "workers": self.workers, "nodes": self.nodes(),
                 "address": self.address or "local"}
+
+    def settings(self) -> dict[str, Any]:
+        if self._failed is not None or not self._started:
+            return {"executor": "ray", "address": self.address or "local",
+                    "used": False, "failed": self._failed}
+        return {**self.describe(), "used": True}
 
     def close(self) -> None:
         if self._started:
@@ -162,18 +222,43 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                           f"{exc.strerror or exc}") from None
 
 
+def _task_error(exc: Exception) -> Exception:
+    """The error a failed Ray task stands for: the task's own ``SecompileError`` as it was
+    raised, anything else as one line naming its type (Ray's text carries a remote traceback
+    and terminal colours), and a worker lost beyond its retries as a ``RuntimeError``."""
+    import ray
+
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause
+        if isinstance(cause, SecompileError):
+            return cause
+        return RuntimeError(f"{type(cause).__name__}: {cause}")
+    return RuntimeError(f"a Ray task was lost ({type(exc).__name__}) after {TASK_RETRIES} "
+                        f"retries: {str(exc).strip().splitlines()[-1] if str(exc) else ''}")
+
+
 def _per_item(value: float | Sequence[float], count: int) -> list[float]:
     return list(value) if isinstance(value, Sequence) else [value] * count
 
 
+_ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+
+
 def make_executor(ray: str | None) -> Executor:
     """The executor for a ``--ray`` setting: ``None``/``"off"`` serial; ``"auto"`` a local Ray
-    when Ray is installed, else serial; anything else the address of a Ray cluster to join."""
+    when Ray is installed and this machine has more than one CPU, else serial; anything else
+    the ``HOST:PORT`` (or ``ray://HOST:PORT``) of a cluster to join, checked here: a typo is a
+    ``ConfigError`` before any work, not a failure at validation time."""
     if ray in (None, "off"):
         return SerialExecutor()
     if ray == "auto":
-        return RayExecutor() if ray_installed() else SerialExecutor()
-    return RayExecutor(address=ray)
+        use = ray_installed() and (os.cpu_count() or 1) > 1
+        return RayExecutor(fallback=True) if use else SerialExecutor()
+    if not _ADDRESS.match(ray):
+        raise ConfigError(f"--ray {ray!r} is not 'auto' or a cluster address HOST:PORT")
+    executor = RayExecutor(address=ray)
+    _check_reachable(ray)
+    return executor
 
 
 def balance(durations: Sequence[float], bins: int) -> list[list[int]]:

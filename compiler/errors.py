@@ -50,6 +50,10 @@ class PassError(SecompileError):
         before = " -> ".join(completed) if completed else "nothing"
         super().__init__(f"pass '{pass_name}' failed: {message} (passes before it: {before})")
 
+    def __reduce__(self) -> tuple:
+        # pickled by its constructor arguments, so it crosses process boundaries (Ray) intact
+        return (PassError, (self.pass_name, self.reason, self.completed))
+
     def with_completed(self, completed: tuple[str, ...]) -> PassError:
         """The same error, naming the passes that ran before the failed one."""
         return PassError(self.pass_name, self.reason, completed)

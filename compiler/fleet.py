@@ -2,8 +2,9 @@
 
 A fleet file lists models; every (model, target) pair becomes one build, run as the single
 ``secompile build`` runs it and written to ``OUT/<name>-<target>/``. Builds run as Ray tasks
-(each asking for ``cpus`` cores, and a GPU for the ``gpu`` target) or serially, share one pass
-cache, and a failed build is reported without stopping the others. ``OUT/fleet.json`` and
+(each asking for ``cpus`` cores, and a GPU for a target whose execution providers need one)
+or serially, share one pass cache, and a failed build is reported without stopping the
+others. ``OUT/fleet.json`` and
 ``OUT/fleet.md`` summarize them; they are written last, through a temporary file.
 
 Fleet file::
@@ -39,6 +40,7 @@ from compiler.errors import ConfigError, SecompileError
 _MODEL_KEYS = {"name", "model", "weights", "targets", "eval", "calib", "pipeline", "stream",
                "resample", "cpus", "seed"}
 _TOP_KEYS = {"model", "cache_dir", "threads"}
+_GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Validation times the artifact against PyTorch: a build that shares its cores with another
 # measures the other build too. Two cores per build keeps the builds on a 2-core machine apart.
@@ -93,6 +95,9 @@ def load_fleet(path: Path, out: Path, cache_dir: Path | None) -> list[FleetBuild
     builds: list[FleetBuild] = []
     for index, entry in enumerate(models, 1):
         where = f"fleet file {path}, [[model]] number {index}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a [[model]] table, got {entry!r}")
+        _check_types(entry, where)
         unknown = set(entry) - _MODEL_KEYS
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} "
@@ -111,28 +116,54 @@ def load_fleet(path: Path, out: Path, cache_dir: Path | None) -> list[FleetBuild
         model = entry["model"]
         if isinstance(model, str) and (model.endswith((".py", ".pt", ".ts")) or ".py:" in model):
             model = str(_path(base, model, "model", where))
+        pipeline_text = entry.get("pipeline")
+        if pipeline_text and pipeline_text.strip().endswith(".toml"):
+            pipeline_text = str(_path(base, pipeline_text.strip(), "pipeline", where))
         for target_name in targets:
             target = get_target(target_name)
-            pipeline = entry.get("pipeline") or target.default_pipeline
-            PipelineSpec.load(pipeline).resolve(target)
+            spec = PipelineSpec.load(pipeline_text or target.default_pipeline)
+            if entry.get("stream", False):
+                spec = spec.including("stream", before="export-onnx")
+            spec.resolve(target)
             request = BuildRequest(
                 model=model, out=out / f"{name}-{target_name}",
                 weights=_path(base, entry.get("weights"), "weights", where),
-                targets=(target_name,), pipeline=entry.get("pipeline"),
+                targets=(target_name,), pipeline=pipeline_text,
                 calib=_path(base, entry.get("calib"), "calib", where),
                 eval=_path(base, entry.get("eval"), "eval", where),
-                threads=threads, cache_dir=cache_dir, seed=int(entry.get("seed", 0)),
-                resample=bool(entry.get("resample", False)),
-                stream=bool(entry.get("stream", False)), ray=None,
+                threads=threads, cache_dir=cache_dir, seed=entry.get("seed", 0),
+                resample=entry.get("resample", False), stream=entry.get("stream", False),
+                ray=None,
             )
+            on_gpu = any(p in _GPU_PROVIDERS for p in target.execution_providers)
             builds.append(FleetBuild(f"{name}-{target_name}", request, float(cpus),
-                                     1.0 if target_name == "gpu" else 0.0))
+                                     1.0 if on_gpu else 0.0))
     names = [b.name for b in builds]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise ConfigError(f"fleet file {path}: builds named twice: {duplicated} (give each "
                           "[[model]] a distinct name)")
     return builds
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "model": (str,), "weights": (str,), "eval": (str,), "calib": (str,),
+    "pipeline": (str,), "stream": (bool,), "resample": (bool,), "seed": (int,),
+    "cpus": (int, float), "targets": (list,),
+}
+
+
+def _check_types(entry: dict[str, Any], where: str) -> None:
+    for key, value in entry.items():
+        kinds = _TYPES.get(key)
+        if kinds is None:
+            continue
+        bad_bool = isinstance(value, bool) and bool not in kinds
+        if not isinstance(value, kinds) or bad_bool:
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(f"{where}: '{key}' must be {names}, got {value!r}")
+    if any(not isinstance(t, str) for t in entry.get("targets", [])):
+        raise ConfigError(f"{where}: 'targets' must be a list of target names")
 
 
 def run_fleet_build(build: FleetBuild) -> dict[str, Any]:
@@ -166,14 +197,21 @@ def run_fleet(builds: list[FleetBuild], executor: Any, out: Path) -> dict[str, A
     start = time.perf_counter()
     most = executor.largest_node_cpus()  # a task asking for more than any node has never runs
     try:
-        outcomes = executor.map(run_fleet_build, builds,
-                                num_cpus=[min(b.cpus, most) for b in builds],
-                                num_gpus=[b.gpus for b in builds])
+        results = executor.map(run_fleet_build, builds,
+                               num_cpus=[min(b.cpus, most) for b in builds],
+                               num_gpus=[b.gpus for b in builds], return_exceptions=True)
     except KeyboardInterrupt:
-        for build in builds:  # builds stage their outputs; drop what a killed task left
-            for staged in Path(build.request.out).glob(".staging-*"):
-                shutil.rmtree(staged, ignore_errors=True)
+        for build in builds:
+            _drop_staging(build)
         raise
+    outcomes = []
+    for build, result in zip(builds, results, strict=True):
+        if isinstance(result, Exception):  # the task itself was lost (its worker died)
+            _drop_staging(build)
+            result = {"name": build.name, "model": build.request.model,
+                      "target": build.request.targets[0], "out": str(build.request.out),
+                      "status": "failed", "error": str(result), "exit_code": 1, "seconds": None}
+        outcomes.append(result)
     summary = {
         "builds": outcomes,
         "ok": sum(o["status"] == "ok" for o in outcomes),
@@ -184,6 +222,12 @@ def run_fleet(builds: list[FleetBuild], executor: Any, out: Path) -> dict[str, A
     _write_atomically(out / "fleet.json", json.dumps(summary, indent=2, default=str) + "\n")
     _write_atomically(out / "fleet.md", render_fleet(summary))
     return summary
+
+
+def _drop_staging(build: FleetBuild) -> None:
+    """Remove what a killed build left half-written (builds stage outputs, then rename)."""
+    for staged in Path(build.request.out).glob(".staging-*"):
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def render_fleet(summary: dict[str, Any]) -> str:
@@ -212,6 +256,9 @@ def _write_atomically(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
                                      prefix=f".{path.name}-") as handle:
         handle.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(handle.name, 0o666 & ~umask)  # a temporary file is private; the summary is not
     os.replace(handle.name, path)
 
 

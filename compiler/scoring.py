@@ -167,11 +167,13 @@ def score_on(executor: Any, files: list[tuple[str, str, str]], rules: AudioRules
 
     from compiler.distributed import balance
 
-    groups = balance([sf.info(noisy).frames for _, noisy, _ in files], executor.workers)
+    workers = max(1, executor.workers // threads)  # each task reserves the threads it runs
+    groups = balance([sf.info(noisy).frames for _, noisy, _ in files], workers)
     jobs = [ScoringJob(tuple(files[i] for i in group), rules, artifact_onnx, reference_source,
                        reference_state, threads) for group in groups]
     rows: list[dict[str, Any]] = [{}] * len(files)
-    for group, scored in zip(groups, executor.map(score_job, jobs), strict=True):
+    for group, scored in zip(groups, executor.map(score_job, jobs, num_cpus=threads),
+                             strict=True):
         for index, row in zip(group, scored, strict=True):
             rows[index] = row
     return rows, len(jobs)

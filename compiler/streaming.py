@@ -70,6 +70,10 @@ class StreamSession:
         inputs = self.session.get_inputs()
         self.chunk_name = inputs[0].name
         self.state_names = [i.name for i in inputs[1:]]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs[1:] != [f"next.{name}" for name in self.state_names]:
+            raise ModelError(f"{path}: outputs {outputs[1:]} are not the next values of the "
+                             f"state inputs {self.state_names}, in order")
         self.state_shapes = [tuple(int(d) for d in i.shape) for i in inputs[1:]]
         self.states: list[np.ndarray] = []
         self.reset()
@@ -132,17 +136,23 @@ def zero_boundary_offline(
     """The offline output a stream must reproduce: ``module`` (a ``SpectralEnhancer``) on the
     whole of ``wav`` ``[L]``, with zero centre padding and the signal padded to whole hops;
     with ``stft_impl`` (``"conv"``, ``"torch"``) its STFT computed that way."""
-    import torch
+    return _run_offline(_zero_boundary_model(module, double, stft_impl), wav)
 
+
+def _zero_boundary_model(module: Any, double: bool, stft_impl: str | None) -> Any:
     model = copy.deepcopy(module).eval()
     if stft_impl is not None:
         model.stft_impl = stft_impl
     model.center_pad = "constant"
-    dtype = np.float64 if double else np.float32
-    if double:
-        model = model.double()
+    return model.double() if double else model
+
+
+def _run_offline(model: Any, wav: np.ndarray) -> np.ndarray:
+    import torch
+
+    np_dtype = np.float64 if model.window.dtype == torch.float64 else np.float32
     hop = model.stft.hop
-    padded = np.zeros(-(-len(wav) // hop) * hop, dtype)
+    padded = np.zeros(-(-len(wav) // hop) * hop, np_dtype)
     padded[: len(wav)] = wav
     with torch.inference_mode():
         out = model(torch.from_numpy(padded[None, :])).numpy()[0]
@@ -166,12 +176,15 @@ def equivalence(
     """
     from calibration.metrics import si_sdr
 
+    conv, exact_model, authors_model = (
+        _zero_boundary_model(module, False, "conv"), _zero_boundary_model(module, True, "torch"),
+        _zero_boundary_model(module, False, "torch"))
     rows = []
     for index, wav in enumerate(clips):
         streamed = session.enhance(wav)
-        offline = zero_boundary_offline(module, wav, stft_impl="conv")
-        exact = zero_boundary_offline(module, wav, double=True, stft_impl="torch")
-        authors = zero_boundary_offline(module, wav, stft_impl="torch")
+        offline = _run_offline(conv, wav)
+        exact = _run_offline(exact_model, wav)
+        authors = _run_offline(authors_model, wav)
         row = {
             "max_abs": float(np.max(np.abs(streamed.astype(np.float64) - offline))),
             "max_abs_vs_float64": float(np.max(np.abs(streamed - exact))),
@@ -215,9 +228,7 @@ def measure_latency(session: StreamSession, offline: Any, clip: np.ndarray) -> d
     three passes, the real-time factor, the cost per hop of audio against the ``offline``
     runner (``[1, L] -> [1, L]``) on the same clip (interleaved medians), and the share of
     hops over their deadline (one hop of audio), idle and with one busy process per core."""
-    import os
-
-    from compiler.timing import cpu_hogs, measure_interleaved
+    from compiler.timing import available_cpus, cpu_hogs, measure_interleaved
 
     hop_ms = 1000 * session.hop / session.sample_rate
     hops = len(session.chunks(clip))
@@ -225,7 +236,7 @@ def measure_latency(session: StreamSession, offline: Any, clip: np.ndarray) -> d
         {"offline": lambda: offline(clip[None, :]), "stream": lambda: session.enhance(clip)},
         repeats=5, warmup=1)
     idle = np.concatenate([session.hop_latencies_ms(clip) for _ in range(3)])
-    with cpu_hogs(os.cpu_count() or 1) as hogs:
+    with cpu_hogs(available_cpus()) as hogs:
         loaded = session.hop_latencies_ms(clip)
 
     def percentiles(ms: np.ndarray) -> dict[str, float]:

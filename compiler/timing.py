@@ -125,11 +125,28 @@ def measure_interleaved(
     return InterleavedResult(stats, noisy, loaded)
 
 
+# A busy loop that ends by itself: after ``limit`` seconds, or as soon as its parent is gone
+# (a ``finally`` does not run when the parent is killed, and an orphan would spin forever).
+_HOG = ("import os, sys, time\n"
+        "parent, end = os.getppid(), time.monotonic() + float(sys.argv[1])\n"
+        "while time.monotonic() < end and os.getppid() == parent:\n"
+        "    for _ in range(100000): pass\n")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @contextmanager
-def cpu_hogs(count: int) -> Iterator[int]:
+def cpu_hogs(count: int, limit_s: float = 120.0) -> Iterator[int]:
     """Keep ``count`` busy-looping processes running for the duration of the block (a loaded
-    machine, for deadline-miss measurements); yield how many were started."""
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+    machine, for deadline-miss measurements); yield how many were started. Each stops on its
+    own after ``limit_s`` seconds or when this process dies."""
+    hogs = [subprocess.Popen([sys.executable, "-c", _HOG, str(limit_s)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for _ in range(count)]
     try:

@@ -36,6 +36,7 @@ from compiler.streaming import (
     equivalence,
     within_tolerance,
 )
+from models.spectral import SpectralEnhancer
 
 CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
 RNN_LAYERS = (nn.GRU, nn.LSTM)
@@ -185,14 +186,42 @@ def find_time_layers(core: nn.Module, n_bins: int) -> list[TimeLayer]:
         elif isinstance(module, RNN_LAYERS):
             layer = _rnn_layer(path, module, probes, any(given for *_, given in calls))
         else:
-            varying = _varying_dims(probes[0][1], probes[1][1])
-            if varying - {0}:
-                raise _refuse(path, module, "mixes frames; streaming supports convolutions "
-                                            "and GRU/LSTM along time")
+            _refuse_frame_mixing(path, module, probes)
             layer = None
         if layer is not None:
             layers.append(layer)
     return layers
+
+
+def _refuse_frame_mixing(path: str, module: nn.Module,
+                         probes: list[tuple[int, Tensor, Tensor]]) -> None:
+    """Refuse a pooling, resampling or attention layer whose window runs along time (the axis
+    that grows with the number of frames); the same layer across frequency is frame-local."""
+    varying = _varying_dims(probes[0][1], probes[1][1])
+    x = probes[0][1]
+    if isinstance(module, (nn.MultiheadAttention, nn.TransformerEncoderLayer)):
+        first = getattr(module, "batch_first", False) or getattr(
+            getattr(module, "self_attn", None), "batch_first", False)
+        mixes = (1 if first else 0) in varying
+    else:
+        spatial = [d - (x.dim() - _spatial_rank(module)) for d in varying]
+        mixes = any(s >= 0 and _window(module, s) != 1 for s in spatial)
+    if mixes:
+        raise _refuse(path, module, "pools, resamples or attends across frames; streaming "
+                                    "supports convolutions and GRU/LSTM along time")
+
+
+def _spatial_rank(module: nn.Module) -> int:
+    return 1 if isinstance(module, (nn.MaxPool1d, nn.AvgPool1d)) else 2
+
+
+def _window(module: nn.Module, axis: int) -> float:
+    """How many input frames one output frame of ``module`` spans along spatial ``axis``."""
+    if isinstance(module, nn.Upsample):
+        scale = module.scale_factor if module.scale_factor is not None else 0
+        return scale[axis] if isinstance(scale, tuple) else scale
+    kernel = module.kernel_size
+    return kernel[axis] if isinstance(kernel, tuple) else kernel
 
 
 class _StatefulConv(nn.Module):
@@ -368,7 +397,7 @@ class Stream(Pass):
     def run(self, artifact: Artifact, ctx: PassContext) -> PassResult:
         cfg: StreamConfig = self.config
         module = artifact.module
-        if not hasattr(module, "stft") or not hasattr(module, "core"):
+        if not isinstance(module, SpectralEnhancer):
             raise ModelError("cannot stream: the model is not a spectral model "
                              "(models.spectral.SpectralEnhancer); waveform models do not "
                              "stream yet")

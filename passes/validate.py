@@ -214,8 +214,8 @@ class Validate(Pass):
         evaluation = ctx.evaluation
         rules = AudioRules(evaluation.sample_rate, evaluation.allow_resample,
                            evaluation.min_samples)
-        files = [(n, str(evaluation.root / "noisy" / n), str(evaluation.root / "clean" / n))
-                 for n in evaluation.names]
+        root = evaluation.root.resolve()  # workers may run in another working directory
+        files = [(n, str(root / "noisy" / n), str(root / "clean" / n)) for n in evaluation.names]
         executor = ctx.executor
         seconds = sum(sf.info(noisy).duration for _, noisy, _ in files)
         spread = (seconds >= cfg.distribute_min_seconds and len(files) > 1
@@ -226,4 +226,8 @@ class Validate(Pass):
         rows, tasks = score_on(executor, files, rules, artifact.path.read_bytes(),
                                ctx.baseline.info.source, _state_bytes(ctx.baseline.module),
                                ctx.threads)
-        return {**summarize(rows), "execution": {**executor.describe(), "tasks": tasks}}
+        summary = summarize(rows)
+        for failed in summary["failed_files"]:  # the driver read them: a worker could not
+            ctx.logger.warning("validate: a Ray worker could not score %s: %s",
+                               failed["file"], failed["error"])
+        return {**summary, "execution": {**executor.describe(), "tasks": tasks}}

@@ -45,3 +45,15 @@ def test_tolerance_rule_accepts_the_float64_fallback_only_within_the_offline_err
     assert within_tolerance(fp32_noise, 1e-4)
     wrong = {"max_abs": 2e-3, "max_abs_vs_float64": 2e-3, "offline_float32_vs_float64": 1e-5}
     assert not within_tolerance(wrong, 1e-4)
+
+
+def test_load_generators_stop_by_themselves() -> None:
+    import subprocess
+    import sys
+
+    from compiler.timing import _HOG, cpu_hogs
+
+    hog = subprocess.Popen([sys.executable, "-c", _HOG, "0.3"])
+    assert hog.wait(timeout=10) == 0  # its time limit, even if nobody kills it
+    with cpu_hogs(1, limit_s=30) as started:
+        assert started == 1

@@ -160,7 +160,7 @@ def test_interrupted_fleet_leaves_no_partial_artifact_or_summary(tmp_path) -> No
     from compiler.fleet import load_fleet, run_fleet
 
     class InterruptedAfterFirst(SerialExecutor):
-        def map(self, fn, items, num_cpus=1, num_gpus=0):
+        def map(self, fn, items, num_cpus=1, num_gpus=0, return_exceptions=False):
             fn(items[0])
             staged = Path(items[1].request.out) / ".staging-killed"  # a task killed mid-build
             staged.mkdir(parents=True)
@@ -174,3 +174,24 @@ def test_interrupted_fleet_leaves_no_partial_artifact_or_summary(tmp_path) -> No
     assert (out / "default-cpu" / "report.json").is_file()  # finished builds are whole
     assert not list(out.rglob(".staging-*")) and not (out / "fleet.json").exists()
     assert not (out / "default-edge" / "edge").exists()
+
+
+def test_a_lost_build_task_is_a_failed_build_not_a_lost_fleet(tmp_path) -> None:
+    from compiler.distributed import SerialExecutor
+    from compiler.fleet import load_fleet, run_fleet
+
+    class LosesTheLast(SerialExecutor):
+        def map(self, fn, items, num_cpus=1, num_gpus=0, return_exceptions=False):
+            assert return_exceptions
+            staged = Path(items[-1].request.out) / ".staging-lost"
+            staged.mkdir(parents=True)
+            done = [fn(item) for item in items[:1]]
+            return done + [RuntimeError("a Ray task was lost (WorkerCrashedError)")] * (
+                len(items) - 1)
+
+    out = tmp_path / "out"
+    summary = run_fleet(load_fleet(_fleet(tmp_path), out, None), LosesTheLast(), out)
+    assert summary["ok"] == 1 and summary["failed"] == 3
+    assert "WorkerCrashedError" in summary["builds"][-1]["error"]
+    assert not list(out.rglob(".staging-*"))
+    assert (out / "fleet.json").stat().st_mode & 0o044  # readable like every other output

@@ -192,11 +192,39 @@ class _Strided(nn.Module):
         return self.up(self.down(x))[:, :, : x.shape[2]].permute(0, 3, 2, 1)
 
 
+class _Pool(nn.Module):
+    def __init__(self, kernel: tuple[int, int]) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(kernel, stride=1)
+        self.pad = (0, kernel[1] - 1, kernel[0] - 1, 0)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.pool(F.pad(spec.permute(0, 3, 2, 1), self.pad)).permute(0, 3, 2, 1)
+
+
+class _AttendFrames(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(2 * N_BINS, 1)  # [T, B, E]: over frames
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        b, f, t, _ = spec.shape
+        x = spec.permute(2, 0, 1, 3).reshape(t, b, 2 * f)
+        return self.attn(x, x, x)[0].reshape(t, b, f, 2).permute(1, 2, 0, 3)
+
+
+def test_pooling_across_frequency_streams_and_across_time_is_refused() -> None:
+    assert find_time_layers(_Pool((1, 3)), N_BINS) == []
+    with pytest.raises(ModelError, match="layer 'pool' .*across frames"):
+        find_time_layers(_Pool((3, 1)), N_BINS)
+
+
 @pytest.mark.parametrize(("core", "layer", "why"), [
     (_Lookahead, "smooth", r"looks 1 frame\(s\) ahead"),
     (_BiTime, "blstm", "bidirectional along time"),
     (_PadAfter, "conv", "not zero padding before the first frame"),
     (_Strided, "down", "strides its time axis"),
+    (_AttendFrames, "attn", "attends across frames"),
 ])
 def test_non_causal_models_are_refused_with_the_layer_named(core, layer, why) -> None:
     with pytest.raises(ModelError, match=rf"layer '{layer}' .*{why}"):
