@@ -4,7 +4,11 @@ optimizer, compact DFT bases, the PRelu rewrite and opset clean-up."""
 from __future__ import annotations
 
 import importlib.util
+import io
+import warnings
+from contextlib import redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -223,3 +227,46 @@ def drop_unused_opsets(model: onnx.ModelProto) -> None:
     kept = [o for o in model.opset_import if (o.domain or "") in used]
     del model.opset_import[:]
     model.opset_import.extend(kept)
+
+
+def export_torchscript(module: Any, args: tuple, path: Path, opset: int,
+                       input_names: list[str], output_names: list[str],
+                       dynamic_axes: dict[str, dict[int, str]] | None = None) -> None:
+    """``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``: the dynamo
+    exporter cannot export GRUs with a derived time length), its warnings and prints muted."""
+    import torch
+
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
+                          input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes)
+
+
+def finish_export(raw: Path, final: Path, simplifier: str, ort_level: str = "basic",
+                  compact_dft: bool = True, fast_prelu: bool = True,
+                  props: dict[str, str] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Turn an exported ``raw`` graph into the shipped ``final`` file: simplify (``simplify``),
+    ONNX Runtime's offline optimizer at ``ort_level`` (or ``"disabled"``), compact DFT bases,
+    the PRelu rewrite, no stale shape annotations, only used opsets, checked, with ``props``
+    as metadata. Returns the final model and what each step did."""
+    model = onnx.load(str(raw))
+    exported = len(model.graph.node)
+    model, used = simplify(model, simplifier)
+    simplified = final.with_name(f"{final.stem}_simplified.onnx")
+    onnx.save(model, str(simplified))
+    if ort_level == "disabled":
+        final.write_bytes(simplified.read_bytes())
+    else:
+        ort_optimize(simplified, final, ort_level)
+    model = onnx.load(str(final))
+    compacted = compact_dft_bases(model) if compact_dft else 0
+    prelus = rewrite_prelu(model) if fast_prelu else 0
+    del model.graph.value_info[:]  # shape annotations: ONNX Runtime re-infers them
+    drop_unused_opsets(model)
+    onnx.checker.check_model(model)
+    onnx.helper.set_model_props(model, props or {})
+    onnx.save(model, str(final))
+    return model, {"nodes_exported": exported, "nodes_final": len(model.graph.node),
+                   "simplifier": used, "dft_bases_compacted": compacted,
+                   "prelu_rewritten": prelus}

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import warnings
-from contextlib import redirect_stdout
 from dataclasses import dataclass
-
-import onnx
-import torch
 
 from compiler.artifact import Artifact
 from compiler.context import PassContext
 from compiler.graph import example_batch
-from compiler.onnx_tools import (
-    check_export_options,
-    compact_dft_bases,
-    drop_unused_opsets,
-    ort_optimize,
-    rewrite_prelu,
-    simplify,
-)
+from compiler.onnx_tools import check_export_options, export_torchscript, finish_export
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 
 INPUT_NAME, OUTPUT_NAME = "noisy", "enhanced"
@@ -78,47 +65,27 @@ class ExportOnnx(Pass):
             stft_placement = "in-graph: Conv with a windowed DFT basis, ConvTranspose overlap-add"
         example = example_batch(artifact, ctx.parity_audio)
         raw = ctx.pass_dir / "exported.onnx"
-        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module, (example,), str(raw), dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch", 1: "samples"},
-                              OUTPUT_NAME: {0: "batch", 1: "samples"}},
-            )
-        model = onnx.load(str(raw))
-        nodes_exported = len(model.graph.node)
-        model, simplifier = simplify(model, cfg.simplify)
-        simplified = ctx.pass_dir / "simplified.onnx"
-        onnx.save(model, str(simplified))
+        export_torchscript(module, (example,), raw, opset, [INPUT_NAME], [OUTPUT_NAME],
+                           {INPUT_NAME: {0: "batch", 1: "samples"},
+                            OUTPUT_NAME: {0: "batch", 1: "samples"}})
         final = ctx.pass_dir / "model.onnx"
-        if cfg.ort_level == "disabled":
-            final.write_bytes(simplified.read_bytes())
-        else:
-            ort_optimize(simplified, final, cfg.ort_level)
-        model = onnx.load(str(final))
-        compacted = compact_dft_bases(model) if cfg.compact_dft else 0
-        prelus = rewrite_prelu(model) if cfg.fast_prelu else 0
-        del model.graph.value_info[:]  # shape annotations: ONNX Runtime re-infers them
-        drop_unused_opsets(model)
-        onnx.checker.check_model(model)
         props = {
             "secompile.model": artifact.info.name,
             "secompile.sample_rate": str(artifact.info.sample_rate),
             "secompile.min_samples": str(artifact.info.min_samples),
             "secompile.stft": stft_placement,
         }
-        onnx.helper.set_model_props(model, props)
-        onnx.save(model, str(final))
+        _, steps = finish_export(raw, final, cfg.simplify, cfg.ort_level, cfg.compact_dft,
+                                 cfg.fast_prelu, props)
         metrics = {
             "opset": opset,
-            "nodes_exported": nodes_exported,
-            "nodes_final": len(model.graph.node),
-            "simplifier": simplifier,
+            "nodes_exported": steps["nodes_exported"],
+            "nodes_final": steps["nodes_final"],
+            "simplifier": steps["simplifier"],
             "ort_offline_level": cfg.ort_level,
             "stft": stft_placement,
-            "dft_bases_compacted": compacted,
-            "prelu_rewritten": prelus,
+            "dft_bases_compacted": steps["dft_bases_compacted"],
+            "prelu_rewritten": steps["prelu_rewritten"],
             "size_bytes": final.stat().st_size,
         }
         metadata = {"opset": opset, "input": INPUT_NAME, "output": OUTPUT_NAME,

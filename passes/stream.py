@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import copy
-import io
-import warnings
-from contextlib import redirect_stdout
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,14 +14,7 @@ from torch import Tensor, nn
 from compiler.artifact import Artifact
 from compiler.context import PassContext
 from compiler.errors import ModelError, PassError
-from compiler.onnx_tools import (
-    check_export_options,
-    compact_dft_bases,
-    drop_unused_opsets,
-    ort_optimize,
-    rewrite_prelu,
-    simplify,
-)
+from compiler.onnx_tools import check_export_options, export_torchscript, finish_export
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 from compiler.streaming import (
     CHUNK_INPUT,
@@ -352,15 +341,9 @@ class StreamStep(nn.Module):
 
 def _export(step: StreamStep, path: Any, opset: int) -> list[str]:
     """Export ``step`` with fixed shapes to ``path``; return the state names."""
-    zeros = step.zero_states()
     names = step.state_names()
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            step, (torch.zeros(1, step.hop), *zeros), str(path), dynamo=False,
-            opset_version=opset, input_names=[CHUNK_INPUT, *names],
-            output_names=[CHUNK_OUTPUT, *(f"next.{n}" for n in names)],
-        )
+    export_torchscript(step, (torch.zeros(1, step.hop), *step.zero_states()), path, opset,
+                       [CHUNK_INPUT, *names], [CHUNK_OUTPUT, *(f"next.{n}" for n in names)])
     return names
 
 
@@ -406,19 +389,9 @@ class Stream(Pass):
         raw = ctx.pass_dir / "stream_exported.onnx"
         names = _export(step, raw, cfg.opset or ctx.target.opset)
         final = ctx.pass_dir / STREAM_FILE
-        model, simplifier = simplify(onnx.load(str(raw)), cfg.simplify)
-        simplified = ctx.pass_dir / "stream_simplified.onnx"
-        onnx.save(model, str(simplified))
-        ort_optimize(simplified, final, "basic")
-        model = onnx.load(str(final))
-        compact_dft_bases(model)
-        rewrite_prelu(model)
-        del model.graph.value_info[:]
-        drop_unused_opsets(model)
-        onnx.checker.check_model(model)
         rate = artifact.info.sample_rate
         delay = step.n_fft // 2
-        onnx.helper.set_model_props(model, {
+        _, steps = finish_export(raw, final, cfg.simplify, props={
             "secompile.model": artifact.info.name,
             "secompile.sample_rate": str(rate),
             PROP_PREFIX + "hop": str(step.hop),
@@ -426,7 +399,6 @@ class Stream(Pass):
             PROP_PREFIX + "sample_rate": str(rate),
             PROP_PREFIX + "tolerance": str(cfg.tolerance),
         })
-        onnx.save(model, str(final))
         session = StreamSession(final, ctx.threads)
         proof = equivalence(session, module, [np.asarray(ctx.parity_audio)[0]])
         if not within_tolerance(proof, cfg.tolerance):
@@ -448,8 +420,8 @@ class Stream(Pass):
                                 for t in layers],
             "tolerance": cfg.tolerance,
             "parity_clip": proof,
-            "nodes": len(model.graph.node),
-            "simplifier": simplifier,
+            "nodes": steps["nodes_final"],
+            "simplifier": steps["simplifier"],
             "size_bytes": final.stat().st_size,
         }
         return PassResult(artifact, False, metrics, (final,))
