@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -65,6 +66,7 @@ def main() -> None:
     files = [(n, str(root / "noisy" / n), str(root / "clean" / n))
              for root in PAIRS for n in PairedFolder.scan(root, 16000).names] * args.copies
     rules = AudioRules(16000)
+    durations = [sf.info(noisy).duration for _, noisy, _ in files]
     with tempfile.TemporaryDirectory() as work:
         target = get_target("cpu")
         parity = PairedFolder.scan(PAIRS[0], 16000).load()[0].noisy[None, :]
@@ -89,10 +91,11 @@ def main() -> None:
             if mode != "ray_with_start":
                 executor.workers  # noqa: B018  (starts the local Ray outside the timed region)
             if mode == "ray_warm":  # workers import the libraries and load both models first
-                score_on(executor, files, rules, onnx_bytes, artifact.info.source, state)
+                score_on(executor, files, durations, rules, onnx_bytes, artifact.info.source,
+                         state)
             start = time.perf_counter()
-            rows, tasks = score_on(executor, files, rules, onnx_bytes, artifact.info.source,
-                                   state)
+            rows, tasks = score_on(executor, files, durations, rules, onnx_bytes,
+                                   artifact.info.source, state)
             seconds = time.perf_counter() - start
             executor.close()
             return rows, seconds, tasks

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +68,14 @@ class AudioFolder:
         return cls(tuple(files), sample_rate, allow_resample, min_samples)
 
     def load(self) -> list[np.ndarray]:
-        """Every file as float32 at ``sample_rate`` (``DataError`` on bad audio)."""
-        return [read_audio(p, self.sample_rate, self.allow_resample, self.min_samples)
-                for p in self.files]
+        """Every file as float32 at ``sample_rate`` (``DataError`` on bad audio); decoded once
+        per dataset object, however many passes and targets ask."""
+        return list(self._decoded)
+
+    @cached_property
+    def _decoded(self) -> tuple[np.ndarray, ...]:
+        return tuple(read_audio(p, self.sample_rate, self.allow_resample, self.min_samples)
+                     for p in self.files)
 
     def fingerprint(self) -> str:
         """Hash of the chosen files' names and bytes."""
@@ -121,7 +127,12 @@ class PairedFolder:
         return len(self.names)
 
     def load(self) -> list[AudioPair]:
-        """Every pair, trimmed to the shorter of the two files."""
+        """Every pair, trimmed to the shorter of the two files; decoded once per dataset
+        object, however many passes and targets ask."""
+        return list(self._decoded)
+
+    @cached_property
+    def _decoded(self) -> tuple[AudioPair, ...]:
         pairs = []
         read = (self.sample_rate, self.allow_resample, self.min_samples)
         for name in self.names:
@@ -129,7 +140,7 @@ class PairedFolder:
             clean = read_audio(self.root / "clean" / name, *read)
             n = min(len(noisy), len(clean))
             pairs.append(AudioPair(name, noisy[:n], clean[:n]))
-        return pairs
+        return tuple(pairs)
 
     def fingerprint(self) -> str:
         """Hash of the chosen pairs' names and bytes."""

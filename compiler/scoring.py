@@ -92,19 +92,23 @@ def _reference_runner(job: ScoringJob) -> Runner:
 
 def score_file(name: str, noisy_path: str, clean_path: str, rules: AudioRules,
                reference: Runner, artifact: Runner) -> dict[str, Any]:
-    """The per-file row: input SNR, SI-SDR/PESQ-WB/ESTOI of the noisy input, the reference's
-    output and the artifact's, and their max abs difference; ``{"file", "error"}`` when the
-    audio cannot be decoded."""
+    """Decode a pair (trimmed to the shorter file) and :func:`score_pair` it;
+    ``{"file", "error"}`` when the audio cannot be decoded."""
     read = (rules.sample_rate, rules.allow_resample, rules.min_samples)
     try:
         noisy, clean = read_audio(Path(noisy_path), *read), read_audio(Path(clean_path), *read)
     except DataError as exc:
         return {"file": name, "error": str(exc)}
     n = min(len(noisy), len(clean))
-    noisy, clean = noisy[:n], clean[:n]
+    return score_pair(name, noisy[:n], clean[:n], rules.sample_rate, reference, artifact)
+
+
+def score_pair(name: str, noisy: np.ndarray, clean: np.ndarray, rate: int,
+               reference: Runner, artifact: Runner) -> dict[str, Any]:
+    """The per-file row: input SNR, SI-SDR/PESQ-WB/ESTOI of the noisy input, the reference's
+    output and the artifact's, and their max abs difference."""
     ref_out = reference(noisy[None, :])[0]
     out = artifact(noisy[None, :])[0]
-    rate = rules.sample_rate
     return {
         "file": name,
         "input_snr_db": round(snr_db(noisy, clean), 2),
@@ -157,18 +161,16 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def score_on(executor: Any, files: list[tuple[str, str, str]], rules: AudioRules,
-             artifact_onnx: bytes, reference_source: dict[str, Any],
+def score_on(executor: Any, files: list[tuple[str, str, str]], durations: list[float],
+             rules: AudioRules, artifact_onnx: bytes, reference_source: dict[str, Any],
              reference_state: bytes, threads: int = 1) -> tuple[list[dict[str, Any]], int]:
-    """Score ``files`` on ``executor``'s workers: split by audio duration (longest first onto
-    the least-loaded worker), one task per worker; rows come back in ``files`` order. Returns
-    the rows and the number of tasks."""
-    import soundfile as sf
-
+    """Score ``files`` on ``executor``'s workers: split by their ``durations`` (longest first
+    onto the least-loaded worker), one task per worker; rows come back in ``files`` order.
+    Returns the rows and the number of tasks."""
     from compiler.distributed import balance
 
     workers = max(1, executor.workers // threads)  # each task reserves the threads it runs
-    groups = balance([sf.info(noisy).frames for _, noisy, _ in files], workers)
+    groups = balance(durations, workers)
     jobs = [ScoringJob(tuple(files[i] for i in group), rules, artifact_onnx, reference_source,
                        reference_state, threads) for group in groups]
     rows: list[dict[str, Any]] = [{}] * len(files)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from compiler.artifact import Artifact
@@ -18,7 +17,7 @@ from compiler.context import PassContext
 from compiler.errors import PassError
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 from compiler.runtime import Runner, TorchRunner, make_runner
-from compiler.scoring import AudioRules, score_file, score_on, summarize
+from compiler.scoring import AudioRules, score_on, score_pair, summarize
 from compiler.streaming import (
     STREAM_FILE,
     StreamSession,
@@ -139,7 +138,7 @@ class Validate(Pass):
             metrics["memory_reduction"] = _ratio(
                 metrics["peak_rss_mb"]["baseline"], metrics["peak_rss_mb"]["artifact"])
         if cfg.quality and pairs:
-            metrics["quality"] = self._quality(baseline, candidate, artifact, ctx, cfg)
+            metrics["quality"] = self._quality(baseline, candidate, artifact, pairs, ctx, cfg)
             metrics["quality"]["eval_set"] = str(ctx.evaluation.root)
         if cfg.streaming and STREAM_FILE in ctx.outputs:
             metrics["streaming"] = self._streaming(
@@ -209,21 +208,23 @@ class Validate(Pass):
             "seconds_of_audio": 10,
         }
 
-    def _quality(self, baseline: Runner, candidate: Runner, artifact: Artifact,
+    def _quality(self, baseline: Runner, candidate: Runner, artifact: Artifact, pairs: list,
                  ctx: PassContext, cfg: ValidateConfig) -> dict[str, Any]:
         evaluation = ctx.evaluation
-        rules = AudioRules(evaluation.sample_rate, evaluation.allow_resample,
-                           evaluation.min_samples)
-        root = evaluation.root.resolve()  # workers may run in another working directory
-        files = [(n, str(root / "noisy" / n), str(root / "clean" / n)) for n in evaluation.names]
+        rate = evaluation.sample_rate
         executor = ctx.executor
-        seconds = sum(sf.info(noisy).duration for _, noisy, _ in files)
-        spread = (seconds >= cfg.distribute_min_seconds and len(files) > 1
+        durations = [len(p.noisy) / rate for p in pairs]
+        spread = (sum(durations) >= cfg.distribute_min_seconds and len(pairs) > 1
                   and artifact.format == "onnx" and executor.workers > 1)
         if not spread:
-            rows = [score_file(*f, rules, baseline, candidate) for f in files]
+            rows = [score_pair(p.name, p.noisy, p.clean, rate, baseline, candidate)
+                    for p in pairs]
             return {**summarize(rows), "execution": {"executor": "serial", "tasks": 1}}
-        rows, tasks = score_on(executor, files, rules, artifact.path.read_bytes(),
+        root = evaluation.root.resolve()  # workers may run in another working directory
+        files = [(p.name, str(root / "noisy" / p.name), str(root / "clean" / p.name))
+                 for p in pairs]
+        rules = AudioRules(rate, evaluation.allow_resample, evaluation.min_samples)
+        rows, tasks = score_on(executor, files, durations, rules, artifact.path.read_bytes(),
                                ctx.baseline.info.source, _state_bytes(ctx.baseline.module),
                                ctx.threads)
         summary = summarize(rows)

@@ -75,6 +75,10 @@ def _files(root: Path) -> list[tuple[str, str, str]]:
     return [(n, str(root / "noisy" / n), str(root / "clean" / n)) for n in names]
 
 
+def _durations(root: Path) -> list[float]:
+    return [sf.info(noisy).duration for _, noisy, _ in _files(root)]
+
+
 def _state() -> bytes:
     buffer = io.BytesIO()
     torch.save(tiny_artifact().module.state_dict(), buffer)
@@ -89,7 +93,8 @@ def test_scoring_on_two_ray_nodes_equals_serial(ray_cluster, corpus, tiny_onnx) 
     executor = RayExecutor(address=ray_cluster.address)
     try:
         assert executor.nodes() == 2 and executor.workers == 2
-        rows, tasks = score_on(executor, files, rules, tiny_onnx.read_bytes(),
+        rows, tasks = score_on(executor, files, _durations(corpus), rules,
+                               tiny_onnx.read_bytes(),
                                {"model": TINY_REF, "weights": None}, _state())
         assert executor.describe()["address"] == ray_cluster.address
     finally:
@@ -104,15 +109,13 @@ def test_a_file_that_fails_to_decode_is_named_and_the_rest_scored(ray_cluster, c
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(64))
     files = [*_files(corpus), ("broken.wav", str(broken), str(broken))]
-    sf_info = sf.info  # the balancer reads headers only; the workers decode
+    durations = [*_durations(corpus), 1.0]  # the balancer gets durations; the workers decode
 
     executor = RayExecutor(address=ray_cluster.address)
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(sf, "info", lambda p: sf_info(p) if p != str(broken) else
-                          type("Info", (), {"frames": 1})())
-            rows, _ = score_on(executor, files, AudioRules(16000), tiny_onnx.read_bytes(),
-                               {"model": TINY_REF, "weights": None}, _state())
+        rows, _ = score_on(executor, files, durations, AudioRules(16000),
+                           tiny_onnx.read_bytes(), {"model": TINY_REF, "weights": None},
+                           _state())
     finally:
         executor.close()
     summary = summarize(rows)
