@@ -115,3 +115,36 @@ def module_fingerprint(module: Any) -> str:
             digest.update(str((t.dtype, tuple(t.shape))).encode())
             digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def find_artifact(ref: str | Path, file_name: str = "model.onnx") -> Path | None:
+    """The ONNX file ``ref`` names: an ``.onnx`` file, or a build folder holding
+    ``*/<file_name>`` or ``<file_name>``; ``None`` when ``ref`` names no ONNX file (a model
+    reference). Raises ``ModelError`` for a missing file or a folder without one."""
+    from compiler.errors import ModelError
+
+    path = Path(ref)
+    if path.is_dir():
+        candidates = sorted(path.glob(f"*/{file_name}")) + sorted(path.glob(file_name))
+        if not candidates:
+            raise ModelError(f"{path} holds no {file_name} (give an artifact or a build folder)")
+        return candidates[0]
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise ModelError(f"artifact not found: {path}")
+        return path
+    return None
+
+
+def onnx_props(path: Path) -> dict[str, str]:
+    """An ONNX file's metadata props (secompile writes its contract there); ``ModelError``
+    for a file that is not ONNX."""
+    import onnx
+
+    from compiler.errors import ModelError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001  (protobuf raises several types)
+        raise ModelError(f"{path} is not a readable ONNX model: {exc}") from None
+    return {p.key: p.value for p in model.metadata_props}

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from compiler.artifact import onnx_props
 from compiler.errors import ModelError, SecompileError
 
 
@@ -175,29 +176,17 @@ def build_many(fleet: Path, out: Path, cache_dir: Path | None, no_cache: bool, r
 def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int, int]:
     """A runner, its sample rate and its shortest accepted input, for an ONNX file, a build
     folder or a model reference."""
-    import onnx
-
+    from compiler.artifact import find_artifact
+    from compiler.profile import onnx_audio_contract
     from compiler.runtime import OrtRunner, TorchRunner
     from models.registry import load_model
 
-    path = Path(ref)
-    if path.is_dir():
-        candidates = sorted(path.glob("*/model.onnx")) + sorted(path.glob("model.onnx"))
-        if not candidates:
-            raise ModelError(f"{path} holds no model.onnx (give an artifact or a build folder)")
-        path = candidates[0]
-    if path.suffix == ".onnx":
-        if not path.is_file():
-            raise ModelError(f"artifact not found: {path}")
-        try:
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
-                     .metadata_props}
-        except Exception as exc:  # noqa: BLE001  (protobuf raises several types)
-            raise ModelError(f"{path} is not a readable ONNX model: {exc}") from None
-        if "secompile.stream.hop" in props:
+    path = find_artifact(ref)
+    if path is not None:
+        rate, shortest = onnx_audio_contract(path)  # also proves the file is ONNX
+        if "secompile.stream.hop" in onnx_props(path):
             raise ModelError(f"{path} is a streaming artifact: run it with --stream")
-        rate = int(props.get("secompile.sample_rate", 16000))
-        return OrtRunner(path, threads), rate, int(props.get("secompile.min_samples", 1))
+        return OrtRunner(path, threads), rate, shortest
     artifact = load_model(ref, weights)
     info = artifact.info
     return TorchRunner(artifact.module, threads), info.sample_rate, info.min_samples
@@ -206,17 +195,15 @@ def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int,
 def _stream_runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int, int]:
     """A streaming runner (hop by hop, output aligned by the declared delay) for a
     ``model_stream.onnx`` file or a build folder holding one."""
+    from compiler.artifact import find_artifact
     from compiler.streaming import STREAM_FILE, StreamSession
 
     if weights is not None:
         raise ModelError("--weights does not apply to --stream (give a streaming artifact)")
-    path = Path(ref)
-    if path.is_dir():
-        candidates = sorted(path.glob(f"*/{STREAM_FILE}")) + sorted(path.glob(STREAM_FILE))
-        if not candidates:
-            raise ModelError(f"{path} holds no {STREAM_FILE} (build with --stream or "
-                             "--target edge)")
-        path = candidates[0]
+    path = find_artifact(ref, STREAM_FILE)
+    if path is None:
+        raise ModelError(f"{ref} is not a streaming artifact ({STREAM_FILE}) or a build folder "
+                         "holding one (build with --stream or --target edge)")
     session = StreamSession(path, threads)
     return (lambda batch: session.enhance(batch[0])[None, :]), session.sample_rate, 1
 
@@ -311,9 +298,9 @@ def profile_cmd(model_or_artifact: str, weights: Path | None, seconds: float,
     thread scaling."""
     import json
 
+    from compiler.artifact import find_artifact
     from compiler.errors import OutputError
     from compiler.profile import (
-        find_onnx,
         machine_peak,
         onnx_audio_contract,
         profile_audio,
@@ -322,7 +309,7 @@ def profile_cmd(model_or_artifact: str, weights: Path | None, seconds: float,
     )
     from models.registry import load_model
 
-    onnx_path = find_onnx(model_or_artifact)
+    onnx_path = find_artifact(model_or_artifact)
     if onnx_path is not None and weights is not None:
         raise ModelError("--weights applies to a model reference, not to an ONNX artifact")
     if onnx_path is not None:

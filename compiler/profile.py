@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compiler.artifact import onnx_props
 from compiler.errors import ModelError
 from compiler.timing import measure_interleaved
 
@@ -704,33 +705,10 @@ def profile_torch(module: nn.Module, wav: np.ndarray, machine: MachinePeak, *,
 # --- ONNX Runtime --------------------------------------------------------------------------
 
 
-def find_onnx(ref: str) -> Path | None:
-    """The ONNX file ``ref`` names (an ``.onnx`` file, or a build folder holding
-    ``*/model.onnx`` or ``model.onnx``); None when ``ref`` names no artifact (a model
-    reference). Raises :class:`ModelError` for a missing file or a folder without a model."""
-    path = Path(ref)
-    if path.is_dir():
-        candidates = sorted(path.glob("*/model.onnx")) + sorted(path.glob("model.onnx"))
-        if not candidates:
-            raise ModelError(f"{path} holds no model.onnx (give an artifact or a build folder)")
-        return candidates[0]
-    if path.suffix.lower() == ".onnx":
-        if not path.is_file():
-            raise ModelError(f"artifact not found: {path}")
-        return path
-    return None
-
-
 def onnx_audio_contract(path: Path) -> tuple[int, int]:
     """(sample rate, shortest input) from a secompile artifact's metadata (16 kHz, 1 if not
     recorded). Raises :class:`ModelError` for a file that is not ONNX."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001  (protobuf raises several types)
-        raise ModelError(f"{path} is not a readable ONNX model: {exc}") from None
-    props = {p.key: p.value for p in model.metadata_props}
+    props = onnx_props(path)
     return int(props.get("secompile.sample_rate", 16000)), int(props.get("secompile.min_samples", 1))
 
 
