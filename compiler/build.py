@@ -61,6 +61,15 @@ def check_writable(folder: Path, what: str = "output folder") -> None:
         raise OutputError(f"{what} {folder} is not writable: {exc.strerror or exc}") from None
 
 
+def pipeline_spec(pipeline: str | None, target: Any, stream: bool) -> PipelineSpec:
+    """The pipeline a build runs for ``target``: ``pipeline`` (text or TOML file) or the
+    target's default, with the ``stream`` pass added before export when ``stream``."""
+    spec = PipelineSpec.load(pipeline or target.default_pipeline)
+    if stream:  # the streaming artifact is written from the torch model, before export
+        spec = spec.including("stream", before="export-onnx")
+    return spec
+
+
 def _parity_audio(evaluation: PairedFolder | None, calibration: AudioFolder | None,
                   demo: Path, rate: int) -> np.ndarray:
     """A real clip ``[1, <= 4 s]`` for parity checks: evaluation, calibration or demo audio."""
@@ -98,10 +107,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     targets = [get_target(name) for name in dict.fromkeys(request.targets)]  # once each
     for target in targets:
         require_available(target)
-    specs = {t.name: PipelineSpec.load(request.pipeline or t.default_pipeline) for t in targets}
-    if request.stream:  # the streaming artifact is written from the torch model, before export
-        specs = {name: spec.including("stream", before="export-onnx")
-                 for name, spec in specs.items()}
+    specs = {t.name: pipeline_spec(request.pipeline, t, request.stream) for t in targets}
     cache = PassCache(request.cache_dir) if request.cache_dir else None
 
     def listener(record: dict[str, Any]) -> None:

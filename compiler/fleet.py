@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from compiler.build import BuildRequest
+from compiler.build import BuildRequest, pipeline_spec
 from compiler.errors import ConfigError, SecompileError
 
 _MODEL_KEYS = {"name", "model", "weights", "targets", "eval", "calib", "pipeline", "stream",
@@ -69,7 +69,6 @@ def _path(base: Path, value: Any, key: str, where: str) -> Path | None:
 def load_fleet(path: Path, out: Path, cache_dir: Path | None) -> list[FleetBuild]:
     """Parse and check a fleet file (``ConfigError`` quoting the entry and key); every
     target and pipeline is validated before any build starts."""
-    from compiler.pipeline import PipelineSpec
     from targets import get_target
 
     try:
@@ -104,27 +103,24 @@ def load_fleet(path: Path, out: Path, cache_dir: Path | None) -> list[FleetBuild
                               f"(valid: {sorted(_MODEL_KEYS)})")
         if "model" not in entry:
             raise ConfigError(f"{where}: 'model' is required")
-        name = str(entry.get("name") or Path(str(entry["model"]).split(":")[0]).stem)
+        name = entry.get("name") or Path(entry["model"].split(":")[0]).stem
         if not _NAME.match(name):
             raise ConfigError(f"{where}: name {name!r} must be letters, digits, '.', '_', '-'")
-        cpus = entry.get("cpus", DEFAULT_CPUS)
-        if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
+        cpus = entry.get("cpus", DEFAULT_CPUS)  # types are checked above
+        if cpus <= 0:
             raise ConfigError(f"{where}: 'cpus' must be a number > 0, got {cpus!r}")
         targets = entry.get("targets", ["cpu"])
-        if not isinstance(targets, list) or not targets:
+        if not targets:
             raise ConfigError(f"{where}: 'targets' must be a non-empty list")
         model = entry["model"]
-        if isinstance(model, str) and (model.endswith((".py", ".pt", ".ts")) or ".py:" in model):
+        if model.endswith((".py", ".pt", ".ts")) or ".py:" in model:
             model = str(_path(base, model, "model", where))
         pipeline_text = entry.get("pipeline")
         if pipeline_text and pipeline_text.strip().endswith(".toml"):
             pipeline_text = str(_path(base, pipeline_text.strip(), "pipeline", where))
         for target_name in targets:
             target = get_target(target_name)
-            spec = PipelineSpec.load(pipeline_text or target.default_pipeline)
-            if entry.get("stream", False):
-                spec = spec.including("stream", before="export-onnx")
-            spec.resolve(target)
+            pipeline_spec(pipeline_text, target, entry.get("stream", False)).resolve(target)
             request = BuildRequest(
                 model=model, out=out / f"{name}-{target_name}",
                 weights=_path(base, entry.get("weights"), "weights", where),
@@ -166,16 +162,19 @@ def _check_types(entry: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: 'targets' must be a list of target names")
 
 
+def _identity(build: FleetBuild) -> dict[str, Any]:
+    """What every outcome of ``build`` starts with, whatever happened to it."""
+    return {"name": build.name, "model": build.request.model,
+            "target": build.request.targets[0], "out": str(build.request.out)}
+
+
 def run_fleet_build(build: FleetBuild) -> dict[str, Any]:
     """Run one build (a Ray task body, or in process); never raises for a failed build: the
     outcome says what failed."""
     from compiler.build import run_build
 
     start = time.perf_counter()
-    outcome: dict[str, Any] = {"name": build.name, "model": build.request.model,
-                               "target": build.request.targets[0],
-                               "out": str(build.request.out), "pid": os.getpid(),
-                               "host": os.uname().nodename}
+    outcome = {**_identity(build), "pid": os.getpid(), "host": os.uname().nodename}
     try:
         report = run_build(build.request)
     except SecompileError as exc:
@@ -208,9 +207,8 @@ def run_fleet(builds: list[FleetBuild], executor: Any, out: Path) -> dict[str, A
     for build, result in zip(builds, results, strict=True):
         if isinstance(result, Exception):  # the task itself was lost (its worker died)
             _drop_staging(build)
-            result = {"name": build.name, "model": build.request.model,
-                      "target": build.request.targets[0], "out": str(build.request.out),
-                      "status": "failed", "error": str(result), "exit_code": 1, "seconds": None}
+            result = {**_identity(build), "status": "failed", "error": str(result),
+                      "exit_code": 1, "seconds": None}
         outcomes.append(result)
     summary = {
         "builds": outcomes,
