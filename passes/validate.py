@@ -141,9 +141,10 @@ class Validate(Pass):
             metrics["quality"] = self._quality(baseline, candidate, artifact, pairs, ctx, cfg)
             metrics["quality"]["eval_set"] = str(ctx.evaluation.root)
         if cfg.streaming and STREAM_FILE in ctx.outputs:
+            one_thread = candidate if ctx.threads == 1 else make_runner(artifact, 1)
             metrics["streaming"] = self._streaming(
-                StreamSession(ctx.outputs[STREAM_FILE], threads=1), make_runner(artifact, 1),
-                ctx, pairs, audio)
+                StreamSession(ctx.outputs[STREAM_FILE], threads=1), one_thread, ctx, pairs,
+                audio)
         return PassResult(artifact, False, metrics)
 
     def _streaming(self, session: StreamSession, offline: Runner, ctx: PassContext,
