@@ -146,3 +146,21 @@ class PairedFolder:
         """Hash of the chosen pairs' names and bytes."""
         paths = [self.root / sub / n for n in self.names for sub in ("clean", "noisy")]
         return _fingerprint(paths)
+
+
+def _digests(paths: list[Path]) -> dict[str, Path]:
+    return {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in paths}
+
+
+def check_disjoint(calibration: AudioFolder, evaluation: PairedFolder) -> None:
+    """Raise ``DataError`` naming the files when a calibration file is also an evaluation file
+    (same bytes, under any name): quality measured on calibration audio proves nothing."""
+    calib = _digests(list(calibration.files))
+    evaluated = _digests([evaluation.root / sub / n for n in evaluation.names
+                          for sub in ("noisy", "clean")])
+    shared = sorted(calib.keys() & evaluated.keys(), key=lambda d: str(calib[d]))
+    if shared:
+        shown = "; ".join(f"{calib[d]} = {evaluated[d]}" for d in shared[:3])
+        more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+        raise DataError(f"calibration and evaluation audio overlap ({len(shared)} file(s): "
+                        f"{shown}{more}); calibrate on other recordings than you evaluate on")

@@ -10,18 +10,19 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from calibration.audio import read_audio
-from calibration.datasets import AudioFolder, PairedFolder
+from calibration.datasets import AudioFolder, PairedFolder, check_disjoint
 from compiler.cache import PassCache
 from compiler.context import PassContext
 from compiler.distributed import make_executor
 from compiler.errors import OutputError
+from compiler.gates import GateCheck, GateError, Gates, check_quality, failed, write_junit
 from compiler.instruments import DumpInstrument, default_instruments
 from compiler.manager import PassManager, PipelineRun
 from compiler.pipeline import PipelineSpec
@@ -49,6 +50,7 @@ class BuildRequest:
     resample: bool = False
     stream: bool = False
     ray: str | None = None  # None/"off": serial; "auto": local Ray if installed; else address
+    gates: Gates = field(default_factory=Gates)
 
 
 def check_writable(folder: Path, what: str = "output folder") -> None:
@@ -100,6 +102,24 @@ def _commit(staging: Path, out: Path) -> None:
             os.replace(entry, destination)
 
 
+def _enforce_gates(checks: list[GateCheck], staging: Path, out: Path,
+                   report: dict[str, Any]) -> None:
+    """Stage ``gates.xml``; when a gate failed, write it and ``rejected-report.json`` (the
+    measurements, to see why) to ``out``, ship no artifact and raise :class:`GateError`
+    naming the worst failures."""
+    write_junit(checks, staging / "gates.xml")
+    bad = failed(checks)
+    if bad:
+        write_junit(checks, out / "gates.xml")
+        rejected = out / "rejected-report.json"
+        write_json(staging / rejected.name, report)
+        os.replace(staging / rejected.name, rejected)
+        shown = "; ".join(c.describe() for c in bad[:3])
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise GateError(f"quality gate failed: {shown}{more}; no artifact was written; "
+                        f"JUnit XML in {out / 'gates.xml'}, measurements in {rejected}")
+
+
 def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Run a build end to end and return the report (also written to ``out``)."""
     from models.registry import DEMO_DIR, load_model
@@ -136,11 +156,18 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     shortest = artifact.info.min_samples
     audio_rules = {"min_samples": shortest, "allow_resample": request.resample}
     evaluation = PairedFolder.scan(eval_root, rate, **audio_rules) if eval_root else None
-    calibration = (AudioFolder.scan(request.calib, rate, seed=request.seed, **audio_rules)
-                   if request.calib else None)
+    calibration = None
+    if request.calib:
+        calibration = AudioFolder.scan(request.calib, rate, seed=request.seed, **audio_rules)
+    elif any(p.name == "quantize" for spec in specs.values() for p in spec.passes):
+        # the project's own calibration mixtures (models/make_demo.py), never evaluation audio
+        calibration = AudioFolder.scan(DEMO_DIR / "calib", rate, seed=request.seed,
+                                       min_samples=shortest, allow_resample=True)
     for dataset in (evaluation, calibration):
         if dataset is not None:
             dataset.load()  # bad audio fails here, before any pass runs
+    if calibration is not None and evaluation is not None:
+        check_disjoint(calibration, evaluation)
     parity = _parity_audio(evaluation, calibration, DEMO_DIR / "noisy" / "demo.wav", rate)
     check_writable(request.out)
     if request.cache_dir:
@@ -148,6 +175,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     log(f"model {artifact.info.name}: {artifact.info.params} parameters, {rate} Hz")
 
     runs: dict[str, PipelineRun] = {}
+    checks: list[GateCheck] = []
     executor = make_executor(request.ray)
     with tempfile.TemporaryDirectory(prefix="secompile-") as work:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=request.out))
@@ -168,14 +196,22 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
                 for side_output in (f for result in run.results for f in result.files):
                     shutil.copyfile(side_output, folder / side_output.name)
                 write_json(folder / "manifest.json", manifest(artifact.info, target, run, final))
+                if any(p.name == "validate" for p in managers[target.name].passes):
+                    checks += check_quality(target.name, run.metrics_of("validate").get(
+                        "quality"), request.gates)
             settings = {
                 "threads": request.threads, "seed": request.seed,
                 "eval": str(eval_root) if eval_root else None,
-                "calib": str(request.calib) if request.calib else None,
+                "calib": str(calibration.files[0].parent) if calibration else None,
                 "cache": str(request.cache_dir) if request.cache_dir else None,
                 "execution": executor.settings(),
             }
             report = build_report(artifact.info, runs, settings)
+            report["gates"] = {"limits": request.gates.limits(),
+                               "checks": {t: [c.as_dict() for c in checks if c.target == t]
+                                          for t in runs} if checks else None}
+            if checks:
+                _enforce_gates(checks, staging, request.out, report)
             write_json(staging / "report.json", report)
             (staging / "report.md").write_text(render_markdown(report))
             _commit(staging, request.out)

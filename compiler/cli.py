@@ -1,6 +1,7 @@
 """The ``secompile`` command line (click).
 
-Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal failure.
+Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal failure,
+3 a quality gate (build) or regression gate (compare) failed.
 """
 
 from __future__ import annotations
@@ -92,21 +93,29 @@ def _target_names() -> list[str]:
               help="Score evaluation files on Ray: 'auto' starts a local Ray when Ray is "
                    "installed and the evaluation set is large enough; ADDRESS joins a cluster.")
 @click.option("--no-ray", is_flag=True, help="Run everything in this process.")
+@click.option("--max-si-sdr-drop", default=0.2, show_default=True, type=click.FloatRange(0),
+              help="Largest SI-SDR loss (dB) against the fp32 model allowed in any input-SNR "
+                   "bucket of --eval; beyond it the build exits 3 and ships nothing.")
+@click.option("--max-pesq-drop", default=0.05, show_default=True, type=click.FloatRange(0),
+              help="Largest PESQ-WB loss allowed in any input-SNR bucket (exit 3 beyond it).")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @_guarded
 def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
           pipeline: str | None, calib: Path | None, eval_dir: Path | None, out: Path,
           threads: int, cache_dir: Path | None, no_cache: bool, seed: int, dump_dir: Path | None,
-          resample: bool, stream: bool, ray: str, no_ray: bool, quiet: bool) -> None:
+          resample: bool, stream: bool, ray: str, no_ray: bool, max_si_sdr_drop: float,
+          max_pesq_drop: float, quiet: bool) -> None:
     """Compile MODEL (a registry name, FILE.py:factory or TorchScript; default: the shipped
     default model) for each target and write artifacts, manifests and the report to --out."""
     from compiler.build import BuildRequest, run_build
+    from compiler.gates import Gates
 
     request = BuildRequest(
         model=model, out=out, weights=weights, targets=targets or ("cpu",), pipeline=pipeline,
         calib=calib, eval=eval_dir, threads=threads, seed=seed, dump_dir=dump_dir,
         resample=resample, stream=stream, ray=None if no_ray else ray,
         cache_dir=None if no_cache else (cache_dir or _default_cache_dir()),
+        gates=Gates(max_si_sdr_drop, max_pesq_drop),
     )
     log = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
     report = run_build(request, log)

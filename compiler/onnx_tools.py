@@ -3,9 +3,12 @@ optimizer, compact DFT bases, the PRelu rewrite and opset clean-up."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
+import logging
 import warnings
+from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,22 @@ import onnx
 from compiler.errors import ConfigError
 
 SIMPLIFIERS = ("auto", "onnxsim", "onnxslim", "none")
+
+
+@contextlib.contextmanager
+def quiet_ort_tools() -> Iterator[None]:
+    """Silence ONNX Runtime's Python tools (quantizer, ORT-format converter), which print
+    progress and log advice and INFO lines on their own loggers; errors still raise."""
+    loggers = [logging.getLogger(), logging.getLogger("ort_format_model.utils")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def check_export_options(opset: int, simplify: str) -> None:

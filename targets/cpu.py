@@ -1,4 +1,5 @@
-"""The ``cpu`` target: an fp32 ONNX model run by ONNX Runtime's CPU execution provider."""
+"""The ``cpu`` target: an ONNX model run by ONNX Runtime's CPU execution provider, INT8 where
+INT8 is measured faster and keeps quality (``quantize``), fp32 otherwise."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ def _cpu_availability() -> str | None:
 
 CPU = Target(
     name="cpu",
-    description="fp32 ONNX for ONNX Runtime on x86/ARM CPUs",
-    precision="fp32",
+    description="ONNX for ONNX Runtime on x86/ARM CPUs: INT8 when measured faster, else fp32",
+    precision="int8 or fp32 (measured)",
     artifact_format="onnx",
     opset=17,
     execution_providers=("CPUExecutionProvider",),
-    default_pipeline="fuse-conv-bn,merge-grouped-gru,export-onnx,validate",
+    default_pipeline="fuse-conv-bn,merge-grouped-gru,export-onnx,quantize,validate",
     supported_passes=frozenset(
-        {"fuse-conv-bn", "merge-grouped-gru", "stream", "export-onnx", "validate"}),
+        {"fuse-conv-bn", "merge-grouped-gru", "stream", "export-onnx", "quantize", "ort-format",
+         "validate"}),
     availability=_cpu_availability,
 )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from calibration.datasets import AudioFolder, AudioPair, PairedFolder
+from calibration.datasets import AudioFolder, AudioPair, PairedFolder, check_disjoint
 from compiler.errors import DataError
+from models.registry import DEMO_DIR
 from tests.conftest import SHARED_DATA as DATA
 
 VBDEMAND = DATA / "audio" / "vbdemand"
@@ -229,3 +231,14 @@ def test_real_voicebank_demand_pairs() -> None:
     assert data.names[0] == "p232_010.wav"
     (pair,) = PairedFolder.scan(VBDEMAND, RATE, limit=1, seed=0).load()
     assert len(pair.noisy) == len(pair.clean) > RATE
+
+
+def test_check_disjoint_finds_the_same_bytes_under_another_name(tmp_path) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    shutil.copy(DEMO_DIR / "calib" / "calib_00.wav", calib / "a.wav")
+    evaluation = PairedFolder.scan(DEMO_DIR, 16000)
+    check_disjoint(AudioFolder.scan(calib, 16000), evaluation)  # disjoint: no error
+    shutil.copy(DEMO_DIR / "clean" / "demo.wav", calib / "b.wav")
+    with pytest.raises(DataError, match="overlap .*b.wav"):
+        check_disjoint(AudioFolder.scan(calib, 16000), evaluation)

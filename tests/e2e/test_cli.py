@@ -187,7 +187,8 @@ def test_default_build_is_the_readme_main_job(tmp_path: Path) -> None:
     assert report["model"]["name"] == "default"
     cpu = report["targets"]["cpu"]
     assert [p["name"] for p in cpu["passes"]] == [
-        "fuse-conv-bn", "merge-grouped-gru", "export-onnx", "validate"]
+        "fuse-conv-bn", "merge-grouped-gru", "export-onnx", "quantize", "validate"]
+    assert (out / "gates.xml").is_file()
     assert cpu["quality"]["eval_set"].endswith("demo_audio")
     assert cpu["quality"]["artifact"]["si_sdr"] > cpu["quality"]["noisy"]["si_sdr"] + 2
     assert abs(cpu["quality_delta"]["si_sdr"]) <= 0.01

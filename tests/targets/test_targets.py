@@ -17,7 +17,8 @@ def test_cpu_target_is_registered() -> None:
     assert cpu.name == "cpu"
     assert cpu is TARGETS["cpu"]
     assert cpu.artifact_format == "onnx"
-    assert cpu.precision == "fp32"
+    assert cpu.precision == "int8 or fp32 (measured)"
+    assert "quantize" in cpu.default_pipeline and "ort-format" in get_target("edge").default_pipeline
     assert "CPUExecutionProvider" in cpu.execution_providers
 
 
@@ -62,7 +63,7 @@ def test_cpu_default_pipeline_resolves() -> None:
     cpu = get_target("cpu")
     passes = PipelineSpec.parse(cpu.default_pipeline).resolve(cpu)
     assert [p.name for p in passes] == [
-        "fuse-conv-bn", "merge-grouped-gru", "export-onnx", "validate"]
+        "fuse-conv-bn", "merge-grouped-gru", "export-onnx", "quantize", "validate"]
 
 
 def test_edge_target_streams_by_default() -> None:
@@ -70,4 +71,7 @@ def test_edge_target_streams_by_default() -> None:
     assert edge.artifact_format == "onnx" and edge.supports("stream")
     names = [p.name for p in PipelineSpec.parse(edge.default_pipeline).resolve(edge)]
     assert names.index("stream") < names.index("export-onnx")
+    assert names[-3:] == ["quantize", "ort-format", "validate"]
+    quantize = PipelineSpec.parse(edge.default_pipeline).resolve(edge)[-3]
+    assert quantize.config.min_speedup == 0 and quantize.config.min_size_reduction == 1.5
     assert get_target("cpu").supports("stream")
