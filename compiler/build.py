@@ -157,11 +157,13 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     audio_rules = {"min_samples": shortest, "allow_resample": request.resample}
     evaluation = PairedFolder.scan(eval_root, rate, **audio_rules) if eval_root else None
     calibration = None
+    calib_root = request.calib
     if request.calib:
         calibration = AudioFolder.scan(request.calib, rate, seed=request.seed, **audio_rules)
     elif any(p.name == "quantize" for spec in specs.values() for p in spec.passes):
         # the project's own calibration mixtures (models/make_demo.py), never evaluation audio
-        calibration = AudioFolder.scan(DEMO_DIR / "calib", rate, seed=request.seed,
+        calib_root = DEMO_DIR / "calib"
+        calibration = AudioFolder.scan(calib_root, rate, seed=request.seed,
                                        min_samples=shortest, allow_resample=True)
     for dataset in (evaluation, calibration):
         if dataset is not None:
@@ -202,7 +204,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
             settings = {
                 "threads": request.threads, "seed": request.seed,
                 "eval": str(eval_root) if eval_root else None,
-                "calib": str(calibration.files[0].parent) if calibration else None,
+                "calib": str(calib_root) if calib_root else None,
                 "cache": str(request.cache_dir) if request.cache_dir else None,
                 "execution": executor.settings(),
             }

@@ -124,6 +124,8 @@ def find_layers(model: onnx.ModelProto, gru_min_weights: int) -> tuple[list[Laye
         params = int(sum(np.prod(inits[w].dims) for w in weights))
         layer = Layer(node.name, kind, params, tiers=_TIERS_OF[kind])
         if kind == "gru":
+            layer.notes.append("ONNX Runtime cannot quantize GRU: secompile lowers it itself "
+                               "(INT8 GEMM + Scan) or stores its weights in INT8")
             refusal = gru_lowering_refusal(node, inits)
             recurrent = int(np.prod(inits[node.input[2]].dims))
             if refusal:

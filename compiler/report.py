@@ -66,8 +66,32 @@ def target_entry(name: str, run: Any, artifact_rel: str) -> dict[str, Any]:
         "peak_rss_mb": v.get("peak_rss_mb"),
         "size_bytes": v.get("size_bytes"),
         "streaming": _streaming_entry(run, v),
+        "precision": precision_entry(run),
         "cache_hits": run.cache_hits,
         "passes": pass_entries(run.records),
+    }
+
+
+def precision_entry(run: Any) -> dict[str, Any] | None:
+    """What ``quantize`` shipped and why, when the pipeline ran it: the precision, the reason
+    for fp32, the INT8 layout, the measured INT8 speed and the layers kept in fp32."""
+    made = run.metrics_of("quantize")
+    if not made:
+        return None
+    layers = made.get("layers", [])
+    return {
+        "shipped": made.get("shipped"),
+        "reason": made.get("reason"),
+        "layout": made.get("layout"),
+        "cpu_int8_kernel": (made.get("cpu") or {}).get("kernel"),
+        "int8_speedup_vs_fp32_onnx": (made.get("speed") or {}).get("speedup"),
+        "fidelity_db": made.get("fidelity_db"),
+        "layers_int8": sum(layer["tier"] == "int8" for layer in layers),
+        "layers_int8_weights": sum(layer["tier"] == "weights" for layer in layers),
+        "layers_fp32": [{"name": layer["name"], "kind": layer["kind"], "why": layer["notes"]
+                         or ["input/output layer cap (io_layers)"]}
+                        for layer in layers if layer["tier"] == "fp32"],
+        "kept_fp32_always": made.get("kept_fp32_always", []),
     }
 
 
@@ -143,6 +167,10 @@ def manifest(info: Any, target: Any, run: Any, artifact_path: Path) -> dict[str,
         "lineage": list(art.lineage),
         "versions": library_versions(),
         "streaming": _streaming_manifest(run, artifact_path.parent),
+        "precision": precision_entry(run),
+        "side_files": [{"file": path.name, "sha256": file_sha256(artifact_path.parent / path.name),
+                        "size_bytes": (artifact_path.parent / path.name).stat().st_size}
+                       for result in run.results for path in result.files],
     }
 
 
@@ -171,6 +199,30 @@ def _fmt(value: Any, spec: str = ".3g", suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return f"{value:{spec}}{suffix}"
+
+
+def _precision_markdown(precision: dict[str, Any]) -> list[str]:
+    layout = precision.get("layout") or {}
+    shipped = precision["shipped"]
+    lines = ["", f"Precision shipped: **{shipped}**"
+             + (f" ({precision['reason']})." if precision.get("reason") else ".")]
+    if layout:
+        lines.append(f"INT8 layout for this CPU ({precision.get('cpu_int8_kernel')}): "
+                     f"{layout['activation_type']} activations, {layout['weight_type']} weights, "
+                     f"reduce_range={layout['reduce_range']} ({layout['reason']}).")
+    if precision.get("fidelity_db"):
+        fidelity = precision["fidelity_db"]
+        lines.append(f"INT8 plan: {precision['layers_int8']} layer(s) INT8, "
+                     f"{precision['layers_int8_weights']} with INT8 weights only; worst "
+                     f"calibration clip {fidelity['min']} dB SI-SDR against fp32 (floor "
+                     f"{fidelity['floor']} dB); INT8 ran "
+                     f"{_fmt(precision.get('int8_speedup_vs_fp32_onnx'), '.2f')}x the fp32 "
+                     "ONNX speed.")
+    for layer in precision["layers_fp32"]:
+        lines.append(f"* fp32 `{layer['name']}` ({layer['kind']}): {'; '.join(layer['why'])}")
+    for note in precision["kept_fp32_always"]:
+        lines.append(f"* fp32 {note}")
+    return lines
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -229,6 +281,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 m = q[side]
                 lines.append(f"| {side} | {_fmt(m['si_sdr'], '.3f')} | {_fmt(m['pesq'], '.3f')} "
                              f"| {_fmt(m['stoi'], '.4f')} |")
+        if t.get("precision"):
+            lines += _precision_markdown(t["precision"])
         if t.get("streaming"):
             lines += _streaming_markdown(name, t["streaming"])
         lines += ["", "| pass | seconds | modified | cache |", "|---|---|---|---|"]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from calibration.datasets import AudioFolder
+from compiler.artifact import Artifact, ModelInfo
 from compiler.errors import ConfigError
 from compiler.instruments import parity_error
 from compiler.runtime import OrtRunner
 from models.registry import DEMO_DIR
+from models.spectral import SpectralEnhancer, StftSpec
 from passes.export_onnx import ExportOnnx
 from passes.quantize import Quantize, QuantizeConfig
 from tests.conftest import noise_audio
@@ -65,7 +68,8 @@ def test_small_gru_stays_fp32_arithmetic_and_big_enough_gru_is_lowered(exported)
     art, ctx = exported
     default = _run(art, ctx(1), min_fidelity_db=0.0)
     gru = next(layer for layer in default.metrics["layers"] if layer["kind"] == "gru")
-    assert gru["tier"] == "weights" and "gru_min_weights" in gru["notes"][0]
+    assert gru["tier"] == "weights" and "gru_min_weights" in gru["notes"][1]
+    assert "ONNX Runtime cannot quantize GRU" in gru["notes"][0]
     lowered = _run(art, ctx(2), gru_min_weights=0, min_fidelity_db=0.0)
     gru = next(layer for layer in lowered.metrics["layers"] if layer["kind"] == "gru")
     assert gru["tier"] == "int8"
@@ -127,3 +131,32 @@ def test_int8_output_stays_close_to_fp32(exported) -> None:
 def test_config_errors(options) -> None:
     with pytest.raises(ConfigError):
         QuantizeConfig.from_options(options, "quantize")
+
+
+class _LstmCore(torch.nn.Module):
+    """Magnitude mask from an LSTM over time: the dynamic-INT8 path (DynamicQuantizeLSTM)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(65, 32, batch_first=True)
+        self.out = torch.nn.Linear(32, 65)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:  # [B, F, T, 2]
+        magnitude = (spec.pow(2).sum(-1) + 1e-8).sqrt().transpose(1, 2)  # [B, T, F]
+        h, _ = self.lstm(torch.log1p(magnitude))
+        mask = torch.sigmoid(self.out(h)).transpose(1, 2).unsqueeze(-1)
+        return spec * mask
+
+
+def test_lstm_gets_onnx_runtime_dynamic_int8(make_ctx) -> None:
+    torch.manual_seed(0)
+    module = SpectralEnhancer(_LstmCore(), StftSpec(128, 64), 16000).eval()
+    info = ModelInfo(name="lstm", sample_rate=16000, source={"model": "test", "weights": None})
+    art = Artifact("torch", info, module=module, lineage=("load:test",))
+    onnx_art = ExportOnnx().run(art, make_ctx(art)).artifact
+    calibration = AudioFolder.scan(DEMO_DIR / "calib", 16000)
+    ctx = make_ctx(art, calibration=calibration).with_pass_dir(1, "quantize")
+    result = _run(onnx_art, ctx, min_fidelity_db=0.0, io_layers="int8")  # LSTM is first
+    lstm = next(layer for layer in result.metrics["layers"] if layer["kind"] == "lstm")
+    assert lstm["tier"] == "int8"
+    assert "DynamicQuantizeLSTM" in _ops(result.artifact.path)
