@@ -2,8 +2,14 @@
 
     python benchmarks/inc_autotune.py --model nsnet2|gtcrn --json OUT.json
 
-Runs in its own venv (``/work/inc-venv``: torch 2.13.0+cpu, ``neural-compressor[pt]``,
-torchao, secompile installed with ``--no-deps``), not in the project's.
+Runs in its own environment, not the project's (neural-compressor is not a secompile
+dependency)::
+
+    python3.11 -m venv inc-venv && inc-venv/bin/pip install torch==2.13.0 \
+        'neural-compressor[pt]' numpy soundfile scipy pesq pystoi onnx
+    inc-venv/bin/pip install -e . --no-deps
+
+(measured with neural-compressor 3.10, torchao 0.18.0, torch 2.13.0+cpu).
 
 What it does, all on one thread:
 

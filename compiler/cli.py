@@ -72,7 +72,9 @@ def _target_names() -> list[str]:
 @click.option("--target", "targets", multiple=True, metavar="NAME",
               help=f"Target to build (repeatable; known: {', '.join(_target_names())}).")
 @click.option("--pipeline", help="Pipeline TOML file or text, e.g. 'fuse-conv-bn,export-onnx'.")
-@click.option("--calib", type=click.Path(path_type=Path), help="Folder of calibration wavs.")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Folder of noisy calibration wavs for quantize (default: the project's own "
+                   "synthetic mixtures); never the --eval files.")
 @click.option("--eval", "eval_dir", type=click.Path(path_type=Path),
               help="Folder with clean/ and noisy/ paired wavs for quality metrics.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),

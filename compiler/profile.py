@@ -809,15 +809,14 @@ def profile_onnx(path: Path, wav: np.ndarray, machine: MachinePeak, *, sample_ra
     times: dict[str, tuple[str, float, int]] = {}
     costs: dict[str, tuple[float, float]] = {}
     uncosted: set[str] = set()
-    for e in events:
-        if (e.get("cat") != "Node" or not e["name"].endswith("_kernel_time")
-                or e["ts"] < after_warmup):
-            continue
+    kernels = [e for e in events if e.get("cat") == "Node"
+               and e["name"].endswith("_kernel_time") and e["ts"] >= after_warmup]
+    for e in kernels:
         args = e.get("args", {})
         op = args.get("op_name", "?")
         name = e["name"][: -len("_kernel_time")] or f"{op}#{args.get('node_index', '?')}"
         _, spent, calls = times.get(name, (op, 0.0, 0))
-        times[name] = (op, spent + float(e["dur"]), calls + 1)
+        times[name] = (op, spent + _exclusive_us(e, op, kernels), calls + 1)
         if calls == 0:  # the shapes are the same on every run
             cost = _node_cost(op, args, weights.get(name) if weights else None)
             if cost is None:
@@ -836,6 +835,20 @@ def profile_onnx(path: Path, wav: np.ndarray, machine: MachinePeak, *, sample_ra
     return ProfileResult(path.name, "onnxruntime", "node", wav.shape[-1] / sample_rate, runs,
                          run_us / runs / 1e3, rows, _by_kind(rows, machine), machine,
                          None, amdahl, tuple(notes))
+
+
+_CONTROL_FLOW = {"Scan", "Loop", "If"}
+
+
+def _exclusive_us(event: dict, op: str, kernels: list[dict]) -> float:
+    """A node's own time: a control-flow node's event includes the nodes of its subgraph,
+    which ONNX Runtime also reports one by one, so their time is taken out of it."""
+    if op not in _CONTROL_FLOW:
+        return float(event["dur"])
+    start, end = event["ts"], event["ts"] + event["dur"]
+    nested = sum(e["dur"] for e in kernels
+                 if e is not event and start <= e["ts"] and e["ts"] + e["dur"] <= end)
+    return max(0.0, float(event["dur"]) - nested)
 
 
 def profile_audio(sample_rate: int, seconds: float, wav_path: Path | None = None,

@@ -201,6 +201,21 @@ def _fmt(value: Any, spec: str = ".3g", suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
+def _gates_markdown(gates: dict[str, Any] | None) -> list[str]:
+    """The quality gates, every (target, metric, input-SNR bucket), when a build checked them."""
+    if not gates or not gates.get("checks"):
+        return []
+    limits = gates["limits"]
+    lines = ["", (f"Quality gates (largest drop allowed in every input-SNR bucket: SI-SDR "
+                  f"{limits['si_sdr']} dB, PESQ {limits['pesq']}):"), "",
+             "| target | metric | bucket | files | Δ | status |", "|---|---|---|---|---|---|"]
+    for target, checks in gates["checks"].items():
+        for c in checks:
+            lines.append(f"| {target} | {c['metric']} | {c['bucket']} | {c['files']} "
+                         f"| {_fmt(c['delta'], '+.4f')} | {c['status']} |")
+    return lines
+
+
 def _precision_markdown(precision: dict[str, Any]) -> list[str]:
     layout = precision.get("layout") or {}
     shipped = precision["shipped"]
@@ -251,6 +266,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {_fmt(t['memory_reduction'], '.2f')} | {_fmt(d.get('si_sdr'), '+.4f')} "
             f"| {_fmt(d.get('pesq'), '+.4f')} | {_fmt(d.get('stoi'), '+.5f')} |"
         )
+    lines += _gates_markdown(report.get("gates"))
     for name, t in report["targets"].items():
         lines += ["", f"## {name}", "",
                   f"Artifact `{t['artifact']}`; pipeline `{t['pipeline']}`.", ""]

@@ -190,6 +190,13 @@ class Quantize(Pass):
             apply_plan(source, path, candidate_plan, layers, settings, ctx.pass_dir)
             return path
 
+        fp32_bytes = artifact.path.stat().st_size
+        best_case = fp32_bytes / build(plan).stat().st_size  # falling back only adds bytes
+        if best_case < cfg.min_size_reduction:
+            return PassResult(artifact, False, {
+                **metrics, "shipped": "fp32",
+                "reason": (f"even the plan with every layer quantized is only {best_case:.2f}x "
+                           f"smaller (shipping needs >= {cfg.min_size_reduction}x)")})
         alone = self._sensitivity(layers, plan, build, fidelity)
         plan, final, scores, fallbacks = self._fall_back(layers, plan, alone, build, fidelity,
                                                          cfg.min_fidelity_db)
@@ -200,7 +207,7 @@ class Quantize(Pass):
             for layer in layers]
         metrics["fidelity_db"] = {"min": min(scores), "mean": round(float(np.mean(scores)), 2),
                                   "floor": cfg.min_fidelity_db}
-        metrics["size_bytes"] = {"fp32": artifact.path.stat().st_size,
+        metrics["size_bytes"] = {"fp32": fp32_bytes,
                                  "int8": final.stat().st_size if final else None}
         if final is None:
             return PassResult(artifact, False, {

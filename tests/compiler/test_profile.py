@@ -200,3 +200,15 @@ def test_cli_profile_bad_reference_exits_2(tmp_path: Path, ref: str,
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
     assert not (tmp_path / "xdg").exists()  # rejected before the machine benchmark
+
+
+def test_control_flow_nodes_count_only_their_own_time() -> None:
+    from compiler.profile import _exclusive_us
+
+    scan = {"ts": 100, "dur": 50}
+    body = [{"ts": 105, "dur": 10}, {"ts": 120, "dur": 15}]
+    outside = {"ts": 160, "dur": 30}
+    kernels = [scan, *body, outside]
+    assert _exclusive_us(scan, "Scan", kernels) == 25.0
+    assert _exclusive_us(scan, "Conv", kernels) == 50.0  # not control flow: as reported
+    assert _exclusive_us(outside, "MatMul", kernels) == 30.0
