@@ -158,32 +158,12 @@ def load_fp32(name: str):
     return load_model(name, WEIGHTS[name]).module.eval()
 
 
-def fold_bn(conv, bn) -> None:
-    """Fold eval-mode ``bn`` into ``conv`` in place; grouped ConvTranspose included (its weight
-    is ``[in, out/groups, *k]``, so the scale goes per (group, column))."""
-    import torch
-    from torch import nn
-
-    with torch.no_grad():
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias - bn.running_mean * scale
-        w = conv.weight
-        if isinstance(conv, nn.ConvTranspose1d | nn.ConvTranspose2d):
-            g, per_group = conv.groups, w.shape[1]
-            grouped = w.reshape(g, w.shape[0] // g, per_group, *w.shape[2:])
-            s = scale.reshape(g, 1, per_group, *([1] * (w.dim() - 2)))
-            new_w = (grouped * s).reshape(w.shape)
-        else:
-            new_w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        conv.weight = nn.Parameter(new_w)
-        conv.bias = nn.Parameter(bias * scale + shift)
-
-
 def fold_all_bn(module) -> int:
     """Fold every ``X_conv``/``X_bn`` (or ``conv``/``bn``) sibling pair in place, replacing the
     BN by Identity; returns how many were folded."""
     from torch import nn
+
+    from passes.fuse_conv_bn import fold_batchnorm
 
     folded = 0
     for owner in module.modules():
@@ -191,7 +171,7 @@ def fold_all_bn(module) -> int:
             bn_name = name.replace("conv", "bn")
             bn = getattr(owner, bn_name, None) if "conv" in name else None
             if isinstance(bn, nn.BatchNorm2d | nn.BatchNorm1d):
-                fold_bn(child, bn)
+                fold_batchnorm(child, bn)
                 setattr(owner, bn_name, nn.Identity())
                 folded += 1
     return folded

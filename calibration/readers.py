@@ -1,11 +1,14 @@
-"""Calibration readers handed to ONNX Runtime's quantizer, and the clips they serve."""
+"""Calibration readers handed to ONNX Runtime's quantizer, and the clips they serve.
+
+ONNX Runtime's ``CalibrationDataReader`` accepts any object with ``get_next`` as a subclass (it
+checks the method, not the inheritance), so this module needs no ONNX Runtime import.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader
 
 
 def calibration_clips(audio: Sequence[np.ndarray], seconds: float, sample_rate: int,
@@ -23,8 +26,9 @@ def calibration_clips(audio: Sequence[np.ndarray], seconds: float, sample_rate: 
     return [np.asarray(c, np.float32)[None, :] for c in clips[:limit]]
 
 
-class ClipReader(CalibrationDataReader):
-    """Feeds each clip ``[1, L]`` once as the model's waveform input."""
+class ClipReader:
+    """Feeds each clip ``[1, L]`` once as the model's waveform input (ONNX Runtime's
+    calibration-reader protocol: ``get_next``, iteration, ``rewind``)."""
 
     def __init__(self, input_name: str, clips: Sequence[np.ndarray]) -> None:
         self.input_name = input_name
@@ -35,6 +39,15 @@ class ClipReader(CalibrationDataReader):
         """The next clip as an input feed, or ``None`` when all were served."""
         clip = next(self._iterator, None)
         return None if clip is None else {self.input_name: clip}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        feed = self.get_next()
+        if feed is None:
+            raise StopIteration
+        return feed
 
     def rewind(self) -> None:
         """Serve the clips again from the first."""

@@ -98,6 +98,11 @@ def _initial_tier(layer: Layer, cfg: QuantizeConfig) -> str:
     return allowed[0] if allowed else "fp32"
 
 
+def _keep_fp32(artifact: Artifact, metrics: dict[str, Any], reason: str) -> PassResult:
+    """The fp32 model passes through unchanged; the metrics say why."""
+    return PassResult(artifact, False, {**metrics, "shipped": "fp32", "reason": reason})
+
+
 class _Fidelity:
     """SI-SDR of a candidate's output against the fp32 model's, per calibration clip."""
 
@@ -180,8 +185,7 @@ class Quantize(Pass):
         }
         plan = {layer.name: _initial_tier(layer, cfg) for layer in layers}
         if all(t == "fp32" for t in plan.values()):
-            return PassResult(artifact, False, {**metrics, "shipped": "fp32",
-                                                "reason": "no layer can be quantized"})
+            return _keep_fp32(artifact, metrics, "no layer can be quantized")
         fidelity = _Fidelity(source, clips, ctx.threads)
         counter = iter(range(10_000))
 
@@ -193,10 +197,9 @@ class Quantize(Pass):
         fp32_bytes = artifact.path.stat().st_size
         best_case = fp32_bytes / build(plan).stat().st_size  # falling back only adds bytes
         if best_case < cfg.min_size_reduction:
-            return PassResult(artifact, False, {
-                **metrics, "shipped": "fp32",
-                "reason": (f"even the plan with every layer quantized is only {best_case:.2f}x "
-                           f"smaller (shipping needs >= {cfg.min_size_reduction}x)")})
+            return _keep_fp32(artifact, metrics, (
+                f"even the plan with every layer quantized is only {best_case:.2f}x smaller "
+                f"(shipping needs >= {cfg.min_size_reduction}x)"))
         alone = self._sensitivity(layers, plan, build, fidelity)
         plan, final, scores, fallbacks = self._fall_back(layers, plan, alone, build, fidelity,
                                                          cfg.min_fidelity_db)
@@ -210,15 +213,13 @@ class Quantize(Pass):
         metrics["size_bytes"] = {"fp32": fp32_bytes,
                                  "int8": final.stat().st_size if final else None}
         if final is None:
-            return PassResult(artifact, False, {
-                **metrics, "shipped": "fp32",
-                "reason": f"no INT8 plan keeps {cfg.min_fidelity_db} dB fidelity"})
+            return _keep_fp32(artifact, metrics,
+                              f"no INT8 plan keeps {cfg.min_fidelity_db} dB fidelity")
         reduction = metrics["size_bytes"]["fp32"] / metrics["size_bytes"]["int8"]
         if reduction < cfg.min_size_reduction:
-            return PassResult(artifact, False, {
-                **metrics, "shipped": "fp32",
-                "reason": (f"the INT8 plan that keeps quality is only {reduction:.2f}x smaller "
-                           f"(shipping needs >= {cfg.min_size_reduction}x)")})
+            return _keep_fp32(artifact, metrics, (
+                f"the INT8 plan that keeps quality is only {reduction:.2f}x smaller (shipping "
+                f"needs >= {cfg.min_size_reduction}x)"))
         speed = self._speed(source, final, clips, rate, ctx.threads, cfg)
         metrics["speed"] = speed
         if cfg.min_speedup and speed["speedup"] < cfg.min_speedup:
@@ -226,7 +227,7 @@ class Quantize(Pass):
                       f"{speed['int8_p50_ms']:.2f} vs {speed['fp32_p50_ms']:.2f} ms on "
                       f"{speed['clip_seconds']} s, {ctx.threads} thread(s)); shipping needs "
                       f">= {cfg.min_speedup}x")
-            return PassResult(artifact, False, {**metrics, "shipped": "fp32", "reason": reason})
+            return _keep_fp32(artifact, metrics, reason)
         shipped = ctx.pass_dir / "model.onnx"
         final.replace(shipped)
         metrics["shipped"] = "int8"

@@ -160,3 +160,16 @@ def test_lstm_gets_onnx_runtime_dynamic_int8(make_ctx) -> None:
     lstm = next(layer for layer in result.metrics["layers"] if layer["kind"] == "lstm")
     assert lstm["tier"] == "int8"
     assert "DynamicQuantizeLSTM" in _ops(result.artifact.path)
+
+
+def test_clip_reader_is_an_onnx_runtime_calibration_reader() -> None:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from calibration.readers import ClipReader
+
+    reader = ClipReader("noisy", [noise_audio(0.1), noise_audio(0.2)])
+    assert isinstance(reader, CalibrationDataReader)
+    assert [f["noisy"].shape[1] for f in reader] == [1600, 3200]
+    assert reader.get_next() is None
+    reader.rewind()
+    assert reader.get_next()["noisy"].shape == (1, 1600)
