@@ -158,7 +158,7 @@ def lower_gru_int8(model: onnx.ModelProto, node_name: str, reduce_range: bool) -
     for offset, made in enumerate(new):
         graph.node.insert(index + offset, made)
     graph.initializer.extend(consts)
-    _drop_unused_initializers(graph, {inputs[1], inputs[2], inputs[3]})
+    drop_unused_initializers(graph, {inputs[1], inputs[2], inputs[3]})
     _ensure_ms_opset(model)
 
 
@@ -180,7 +180,7 @@ def store_gru_weights_int8(model: onnx.ModelProto, node_name: str, reduce_range:
             "DequantizeLinear", [f"{p}/{slot}_q", f"{p}/{slot}_scale", f"{p}/{slot}_zp"],
             [f"{p}/{slot}_fp32"], axis=1, name=f"{p}/dequantize_{slot}"))
         node.input[slot] = f"{p}/{slot}_fp32"
-        _drop_unused_initializers(graph, {name})
+        drop_unused_initializers(graph, {name})
     for offset, made in enumerate(dequantize):
         graph.node.insert(index + offset, made)
 
@@ -195,7 +195,7 @@ def _names_used(graph: onnx.GraphProto) -> set[str]:
     return used
 
 
-def _drop_unused_initializers(graph: onnx.GraphProto, candidates: set[str]) -> None:
+def drop_unused_initializers(graph: onnx.GraphProto, candidates: set[str]) -> None:
     """Remove the initializers named in ``candidates`` that nothing reads any more."""
     dead = (candidates - {""}) - _names_used(graph)
     if dead:

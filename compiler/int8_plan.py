@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 
 from compiler.cpu_features import Int8Layout
 from compiler.int8_gru import (
+    drop_unused_initializers,
     gru_lowering_refusal,
     lower_gru_int8,
     quantize_per_channel,
@@ -88,7 +89,8 @@ def signal_nodes(model: onnx.ModelProto) -> set[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     reached: set[str] = set()
-    frontier = [i.name for i in model.graph.input]
+    stored = {t.name for t in model.graph.initializer}  # old exporters list weights as inputs
+    frontier = [i.name for i in model.graph.input if i.name not in stored]
     while frontier:
         for node in consumers.get(frontier.pop(), []):
             if node.name in reached or node.op_type in _METADATA_OPS:
@@ -163,10 +165,7 @@ def _weight_only_linear(model: onnx.ModelProto, name: str, reduce_range: bool) -
         [f"{prefix}/fp32"], axis=axis, name=f"{prefix}/dequantize"))
     old = node.input[1]
     node.input[1] = f"{prefix}/fp32"
-    if not any(old in n.input for n in graph.node):
-        keep = [t for t in graph.initializer if t.name != old]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+    drop_unused_initializers(graph, {old})
 
 
 def _layout_types(layout: Int8Layout) -> tuple[object, object]:
