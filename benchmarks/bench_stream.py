@@ -3,7 +3,7 @@
     python benchmarks/bench_stream.py [--models gtcrn_dns3,...] [--json OUT]
 
 For each model (the three GTCRN checkpoints, NSNet2 from its official ONNX file and the shipped
-default model) it runs secompile's edge pipeline without the cache
+default model) it runs the fp32 streaming part of secompile's edge pipeline without the cache
 (``fuse-conv-bn,merge-grouped-gru,stream,export-onnx``), then, in one process, on one thread:
 
 * equivalence: ``model_stream.onnx`` run hop by hop from zero state against the offline torch
