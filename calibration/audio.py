@@ -59,3 +59,11 @@ def read_audio(
 def write_audio(path: Path, wav: np.ndarray, sample_rate: int) -> None:
     """Write float audio as 16-bit PCM, clipped to [-1, 1]."""
     sf.write(str(path), np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16")
+
+
+def looped_clip(audio: list[np.ndarray], samples: int) -> np.ndarray:
+    """``[1, samples]`` float32 of real audio: the clips concatenated, repeated when too short
+    (timing inputs of a fixed length)."""
+    joined = np.concatenate(audio)
+    reps = -(-samples // len(joined))
+    return np.tile(joined, reps)[None, :samples].astype(np.float32)

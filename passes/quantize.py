@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from calibration.audio import looped_clip
 from calibration.metrics import si_sdr
 from calibration.readers import ClipReader, calibration_clips
 from compiler.artifact import Artifact
@@ -287,8 +288,7 @@ class Quantize(Pass):
     def _speed(fp32: Path, int8: Path, clips: list[np.ndarray], rate: int, threads: int,
                cfg: QuantizeConfig) -> dict[str, Any]:
         seconds = 2
-        joined = np.concatenate([c[0] for c in clips])
-        clip = np.tile(joined, -(-seconds * rate // len(joined)))[None, :seconds * rate]
+        clip = looped_clip([c[0] for c in clips], seconds * rate)
         runners = {"fp32": OrtRunner(fp32, threads), "int8": OrtRunner(int8, threads)}
         timed = measure_interleaved({k: (lambda r=r: r(clip)) for k, r in runners.items()},
                                     repeats=cfg.timing_repeats)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from calibration.audio import looped_clip
 from compiler.artifact import Artifact
 from compiler.context import PassContext
 from compiler.errors import PassError
@@ -48,13 +49,6 @@ class ValidateConfig(PassConfig):
         for name in ("repeats", "long_repeats", "batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-def _clip(audio: list[np.ndarray], samples: int) -> np.ndarray:
-    """``[1, samples]`` of real audio: the clips concatenated, tiled when too short."""
-    joined = np.concatenate(audio)
-    reps = -(-samples // len(joined))
-    return np.tile(joined, reps)[None, :samples].astype(np.float32)
 
 
 def _state_bytes(module: Any) -> bytes:
@@ -161,7 +155,8 @@ class Validate(Pass):
         audio_name = "evaluation pairs" if pairs else "parity clip"
         return {
             "equivalence": {**proof, "tolerance": tolerance, "audio": audio_name},
-            "latency": measure_latency(session, offline, _clip(audio, 10 * session.sample_rate)[0]),
+            "latency": measure_latency(session, offline,
+                                       looped_clip(audio, 10 * session.sample_rate)[0]),
         }
 
     def _speed(
@@ -171,7 +166,7 @@ class Validate(Pass):
         out: dict[str, Any] = {"latency_ms": {}}
         noisy_blocks = loaded_blocks = 0
         for label, seconds, repeats in (("1s", 1, cfg.repeats), ("10s", 10, cfg.long_repeats)):
-            clip = _clip(audio, seconds * rate)
+            clip = looped_clip(audio, seconds * rate)
             timed = measure_interleaved(
                 {"baseline": lambda c=clip: baseline(c), "artifact": lambda c=clip: candidate(c)},
                 repeats=repeats,
@@ -181,7 +176,7 @@ class Validate(Pass):
             out["latency_ms"][label] = {k: s.summary() for k, s in timed.stats.items()}
             out["speedup" if label == "1s" else "speedup_10s"] = round(
                 timed.p50_ratio("baseline", "artifact"), 3)
-        batch = np.repeat(_clip(audio, rate), cfg.batch, axis=0)
+        batch = np.repeat(looped_clip(audio, rate), cfg.batch, axis=0)
         timed = measure_interleaved(
             {"baseline": lambda: baseline(batch), "artifact": lambda: candidate(batch)},
             repeats=max(5, cfg.repeats // 4),
