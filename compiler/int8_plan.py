@@ -53,6 +53,10 @@ class Layer:
     role: str = "inner"  # "input", "output" (first/last learned layer) or "inner"
     tiers: tuple[str, ...] = ("fp32",)
     notes: list[str] = field(default_factory=list)
+    # ORT's per-channel scales for a grouped ConvTranspose follow the weight's axis 1 (out
+    # channels per group), not the layer's output channels, and its bias quantizer then fails
+    # on the shape mismatch: such a layer's weight (named here) gets a per-tensor scale.
+    per_tensor_weight: str | None = None
 
     def demoted(self, tier: str) -> str:
         """The next tier down from ``tier`` this layer can take (``fp32`` at the bottom)."""
@@ -125,6 +129,9 @@ def find_layers(model: onnx.ModelProto, gru_min_weights: int) -> tuple[list[Laye
             continue
         params = int(sum(np.prod(inits[w].dims) for w in weights))
         layer = Layer(node.name, kind, params, tiers=_TIERS_OF[kind])
+        if kind == "conv-transpose" and any(a.name == "group" and a.i > 1
+                                            for a in node.attribute):
+            layer.per_tensor_weight = weights[0]
         if kind == "gru":
             layer.notes.append("ONNX Runtime cannot quantize GRU: secompile lowers it itself "
                                "(INT8 GEMM + Scan) or stores its weights in INT8")
@@ -187,36 +194,30 @@ class StaticSettings:
     cache_path: Path  # calibration ranges are computed once and reused for every plan
 
 
-def _quantize_static(source: Path, target: Path, nodes: Sequence[str], conv_t_grouped: set[str],
+def _quantize_static(source: Path, target: Path, layers: Sequence[Layer],
                      settings: StaticSettings) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     activation_type, weight_type = _layout_types(settings.layout)
-    # ORT's per-channel scales for a grouped ConvTranspose follow the weight's axis 1 (out
-    # channels per group), not the layer's output channels, and the bias quantizer then
-    # fails on the shape mismatch: those layers get per-tensor weight scales instead.
-    overrides = {}
-    if settings.per_channel and conv_t_grouped:
-        model = onnx.load(str(source), load_external_data=False)
-        for node in model.graph.node:
-            if node.name in conv_t_grouped:
-                overrides[node.input[1]] = [{"symmetric": True}]  # no "axis": per-tensor
     extra: dict[str, object] = {"ActivationSymmetric": settings.symmetric_activations,
                                 "WeightSymmetric": True}
-    if overrides:
-        extra["TensorQuantOverrides"] = overrides
+    if settings.per_channel:
+        overrides = {layer.per_tensor_weight: [{"symmetric": True}]  # no "axis": per-tensor
+                     for layer in layers if layer.per_tensor_weight}
+        if overrides:
+            extra["TensorQuantOverrides"] = overrides
     settings.reader.rewind()
     with quiet_ort_tools():
-            quantize_static(
+        quantize_static(
             str(source), str(target), settings.reader, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=sorted({"MatMul", "Gemm", "Conv", "ConvTranspose"}),
-            nodes_to_quantize=list(nodes), per_channel=settings.per_channel,
-            reduce_range=settings.layout.reduce_range, activation_type=activation_type,
-            weight_type=weight_type, calibrate_method=methods[settings.method],
-            calibration_cache_path=str(settings.cache_path),
-            extra_options=extra)
+            nodes_to_quantize=[layer.name for layer in layers],
+            per_channel=settings.per_channel, reduce_range=settings.layout.reduce_range,
+            activation_type=activation_type, weight_type=weight_type,
+            calibrate_method=methods[settings.method],
+            calibration_cache_path=str(settings.cache_path), extra_options=extra)
 
 
 def _quantize_lstm(source: Path, target: Path, nodes: Sequence[str], layout: Int8Layout) -> None:
@@ -232,33 +233,24 @@ def _quantize_lstm(source: Path, target: Path, nodes: Sequence[str], layout: Int
 def apply_plan(source: Path, target: Path, plan: dict[str, str], layers: Sequence[Layer],
                settings: StaticSettings, scratch: Path) -> None:
     """Write ``source`` with ``plan`` applied (layer name -> tier) to ``target``."""
-    kinds = {layer.name: layer.kind for layer in layers}
-    by_tier = {tier: [n for n, t in plan.items() if t == tier] for tier in TIERS}
-    static = [n for n in by_tier["int8"] if kinds[n] in ("linear", "conv", "conv-transpose")]
-    lstm = [n for n in by_tier["int8"] if kinds[n] == "lstm"]
+    at = {tier: [layer for layer in layers if plan[layer.name] == tier] for tier in TIERS}
+    static = [layer for layer in at["int8"] if layer.kind in ("linear", "conv", "conv-transpose")]
+    lstm = [layer.name for layer in at["int8"] if layer.kind == "lstm"]
     current = source
     if static:
-        grouped = _grouped_conv_transposes(source, static)
-        _quantize_static(current, scratch / "static.onnx", static, grouped, settings)
+        _quantize_static(current, scratch / "static.onnx", static, settings)
         current = scratch / "static.onnx"
     if lstm:
         _quantize_lstm(current, scratch / "lstm.onnx", lstm, settings.layout)
         current = scratch / "lstm.onnx"
     model = onnx.load(str(current))
     reduce = settings.layout.reduce_range
-    for name in by_tier["int8"]:
-        if kinds[name] == "gru":
-            lower_gru_int8(model, name, reduce)
-    for name in by_tier["weights"]:
-        if kinds[name] == "gru":
-            store_gru_weights_int8(model, name, reduce)
+    for layer in at["int8"]:
+        if layer.kind == "gru":
+            lower_gru_int8(model, layer.name, reduce)
+    for layer in at["weights"]:
+        if layer.kind == "gru":
+            store_gru_weights_int8(model, layer.name, reduce)
         else:
-            _weight_only_linear(model, name, reduce)
+            _weight_only_linear(model, layer.name, reduce)
     onnx.save(model, str(target))
-
-
-def _grouped_conv_transposes(source: Path, names: Sequence[str]) -> set[str]:
-    model = onnx.load(str(source), load_external_data=False)
-    wanted = set(names)
-    return {n.name for n in model.graph.node if n.op_type == "ConvTranspose"
-            and n.name in wanted and any(a.name == "group" and a.i > 1 for a in n.attribute)}
