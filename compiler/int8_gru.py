@@ -104,15 +104,18 @@ def _scan_body(prefix: str, hidden: int, r_q: np.ndarray, r_scale: np.ndarray,
     return helper.make_graph(nodes, f"{prefix}_step", [state, x], outs, consts)
 
 
-def _unique_prefix(node: onnx.NodeProto, index: int) -> str:
-    return (node.name or f"gru{index}").replace("/", "_").strip("_") + "_int8"
+def _node_and_prefix(graph: onnx.GraphProto, node_name: str, suffix: str) -> tuple[
+        int, onnx.NodeProto, str]:
+    """Where GRU ``node_name`` is, the node, and a unique prefix for the names replacing it."""
+    index, node = next((i, n) for i, n in enumerate(graph.node) if n.name == node_name)
+    return index, node, (node.name or f"gru{index}").replace("/", "_").strip("_") + suffix
 
 
 def lower_gru_int8(model: onnx.ModelProto, node_name: str, reduce_range: bool) -> None:
     """Replace GRU ``node_name`` of ``model`` (in place) by INT8 GEMM + ``Scan`` (see module
     docstring). The caller checks :func:`gru_lowering_refusal` first."""
     graph = model.graph
-    index, node = next((i, n) for i, n in enumerate(graph.node) if n.name == node_name)
+    index, node, p = _node_and_prefix(graph, node_name, "_int8")
     inits = {t.name: t for t in graph.initializer}
     inputs = list(node.input) + [""] * (6 - len(node.input))
     outputs = list(node.output) + [""] * (2 - len(node.output))
@@ -123,7 +126,6 @@ def lower_gru_int8(model: onnx.ModelProto, node_name: str, reduce_range: bool) -
             else np.zeros(6 * hidden, np.float32))
     w_q, w_scale = quantize_per_channel(np.ascontiguousarray(w.T), 1, reduce_range)
     r_q, r_scale = quantize_per_channel(np.ascontiguousarray(r.T), 1, reduce_range)
-    p = _unique_prefix(node, index)
     consts = [_const(f"{p}/W", w_q), _const(f"{p}/W_scale", w_scale),
               _const(f"{p}/W_b", bias[:3 * hidden].astype(np.float32)),
               _const(f"{p}/zero", np.array([0], np.int64)),
@@ -165,9 +167,8 @@ def lower_gru_int8(model: onnx.ModelProto, node_name: str, reduce_range: bool) -
 def store_gru_weights_int8(model: onnx.ModelProto, node_name: str, reduce_range: bool) -> None:
     """Store GRU ``node_name``'s ``W`` and ``R`` as INT8 behind ``DequantizeLinear`` (in place)."""
     graph = model.graph
-    index, node = next((i, n) for i, n in enumerate(graph.node) if n.name == node_name)
+    index, node, p = _node_and_prefix(graph, node_name, "_w8")
     inits = {t.name: t for t in graph.initializer}
-    p = _unique_prefix(node, index).replace("_int8", "_w8")
     dequantize = []
     for slot in (1, 2):
         name = node.input[slot]

@@ -196,14 +196,15 @@ class Quantize(Pass):
             return path
 
         fp32_bytes = artifact.path.stat().st_size
-        best_case = fp32_bytes / build(plan).stat().st_size  # falling back only adds bytes
+        all_int8 = build(plan)
+        best_case = fp32_bytes / all_int8.stat().st_size  # falling back only adds bytes
         if best_case < cfg.min_size_reduction:
             return _keep_fp32(artifact, metrics, (
                 f"even the plan with every layer quantized is only {best_case:.2f}x smaller "
                 f"(shipping needs >= {cfg.min_size_reduction}x)"))
         alone = self._sensitivity(layers, plan, build, fidelity)
-        plan, final, scores, fallbacks = self._fall_back(layers, plan, alone, build, fidelity,
-                                                         cfg.min_fidelity_db)
+        plan, final, scores, fallbacks = self._fall_back(layers, plan, all_int8, alone, build,
+                                                         fidelity, cfg.min_fidelity_db)
         metrics["layers"] = [
             {"name": layer.name, "kind": layer.kind, "params": layer.params, "role": layer.role,
              "tier": plan[layer.name], "fidelity_alone_db": alone.get(layer.name),
@@ -261,15 +262,15 @@ class Quantize(Pass):
         return alone
 
     @staticmethod
-    def _fall_back(layers: list[Layer], plan: dict[str, str], alone: dict[str, float],
-                   build: Any, fidelity: _Fidelity, floor: float) -> tuple[
-                       dict[str, str], Path | None, list[float], dict[str, list[str]]]:
-        """Demote the most sensitive layer one tier until the worst clip keeps ``floor``."""
+    def _fall_back(layers: list[Layer], plan: dict[str, str], candidate: Path,
+                   alone: dict[str, float], build: Any, fidelity: _Fidelity, floor: float
+                   ) -> tuple[dict[str, str], Path | None, list[float], dict[str, list[str]]]:
+        """Demote the most sensitive layer one tier until the worst clip keeps ``floor``;
+        ``candidate`` is ``plan`` already built."""
         plan = dict(plan)
         notes: dict[str, list[str]] = {}
         by_layer = {layer.name: layer for layer in layers}
         while True:
-            candidate = build(plan)
             scores = fidelity(candidate)
             if min(scores) >= floor:
                 return plan, candidate, scores, notes
@@ -283,6 +284,7 @@ class Quantize(Pass):
                 f"{floor} dB and this layer is the most sensitive still quantized "
                 f"({alone.get(worst)} dB alone)")
             plan[worst] = lower
+            candidate = build(plan)
 
     @staticmethod
     def _speed(fp32: Path, int8: Path, clips: list[np.ndarray], rate: int, threads: int,
