@@ -110,7 +110,7 @@ def _enforce_gates(checks: list[GateCheck], staging: Path, out: Path,
     write_junit(checks, staging / "gates.xml")
     bad = failed(checks)
     if bad:
-        write_junit(checks, out / "gates.xml")
+        os.replace(staging / "gates.xml", out / "gates.xml")
         rejected = out / "rejected-report.json"
         write_json(staging / rejected.name, report)
         os.replace(staging / rejected.name, rejected)
