@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
+from compiler import junit
 from compiler.errors import ConfigError, DataError
 
 
@@ -159,18 +159,13 @@ def render_markdown(findings: list[Finding], new: Path, baseline: Path) -> str:
 
 def write_junit(findings: list[Finding], path: Path) -> None:
     """JUnit XML: one test case per (target, metric); regressions are failures."""
-    suite = ElementTree.Element(
-        "testsuite", name="secompile.compare", tests=str(len(findings)),
-        failures=str(sum(f.failed for f in findings)),
-        skipped=str(sum(f.status == "skipped" for f in findings)),
-    )
+    cases = []
     for f in findings:
-        case = ElementTree.SubElement(suite, "testcase", classname=f"secompile.{f.target}",
-                                      name=f.gate)
+        failure = skipped = None
         if f.failed:
-            message = (f"{f.gate} on {f.target}: new {_fmt(f.new)} vs baseline {_fmt(f.baseline)}"
-                       f" (limit {_fmt(f.limit)})")
-            ElementTree.SubElement(case, "failure", message=message).text = message
+            failure = (f"{f.gate} on {f.target}: new {_fmt(f.new)} vs baseline "
+                       f"{_fmt(f.baseline)} (limit {_fmt(f.limit)})")
         elif f.status == "skipped":
-            ElementTree.SubElement(case, "skipped", message="not in the baseline report")
-    ElementTree.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+            skipped = "not in the baseline report"
+        cases.append(junit.JunitCase(f"secompile.{f.target}", f.gate, failure, skipped))
+    junit.write_junit(path, "secompile.compare", cases)

@@ -10,13 +10,11 @@ exit code 3 (:class:`GateError`); every gate is written as JUnit XML.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
+from compiler import junit
 from compiler.errors import SecompileError
 
 ALL_FILES = "all"
@@ -108,23 +106,8 @@ def failed(checks: list[GateCheck]) -> list[GateCheck]:
 
 def write_junit(checks: list[GateCheck], path: Path) -> None:
     """JUnit XML, one test case per (target, metric, bucket), written atomically."""
-    suite = ElementTree.Element(
-        "testsuite", name="secompile.gates", tests=str(len(checks)),
-        failures=str(sum(c.status == "failed" for c in checks)),
-        skipped=str(sum(c.status == "skipped" for c in checks)))
-    for check in checks:
-        case = ElementTree.SubElement(suite, "testcase", classname=f"secompile.{check.target}",
-                                      name=f"{check.metric}[{check.bucket}]")
-        if check.status == "failed":
-            ElementTree.SubElement(case, "failure", message=check.describe()).text = \
-                check.describe()
-        elif check.status == "skipped":
-            ElementTree.SubElement(case, "skipped", message=check.describe())
-    handle, temporary = tempfile.mkstemp(prefix=".gates-", suffix=".xml", dir=path.parent)
-    os.close(handle)
-    try:
-        ElementTree.ElementTree(suite).write(temporary, encoding="utf-8", xml_declaration=True)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    cases = [junit.JunitCase(f"secompile.{c.target}", f"{c.metric}[{c.bucket}]",
+                             failure=c.describe() if c.status == "failed" else None,
+                             skipped=c.describe() if c.status == "skipped" else None)
+             for c in checks]
+    junit.write_junit(path, "secompile.gates", cases)
