@@ -105,17 +105,21 @@ def _keep_fp32(artifact: Artifact, metrics: dict[str, Any], reason: str) -> Pass
 
 
 class _Fidelity:
-    """SI-SDR of a candidate's output against the fp32 model's, per calibration clip."""
+    """SI-SDR of a candidate's output against the fp32 model's, per calibration clip.
+
+    Keeps the fp32 session (``reference``) and the last candidate's (``last``), which the
+    speed comparison reuses."""
 
     def __init__(self, reference: Path, clips: list[np.ndarray], threads: int) -> None:
         self.clips = clips
         self.threads = threads
-        runner = OrtRunner(reference, threads)
-        self.references = [runner(c)[0] for c in clips]
+        self.reference = OrtRunner(reference, threads)
+        self.references = [self.reference(c)[0] for c in clips]
+        self.last: OrtRunner | None = None
 
     def __call__(self, candidate: Path) -> list[float]:
-        runner = OrtRunner(candidate, self.threads)
-        return [round(si_sdr(runner(c)[0], ref), 2) for c, ref in zip(
+        self.last = OrtRunner(candidate, self.threads)
+        return [round(si_sdr(self.last(c)[0], ref), 2) for c, ref in zip(
             self.clips, self.references, strict=True)]
 
 
@@ -222,7 +226,8 @@ class Quantize(Pass):
             return _keep_fp32(artifact, metrics, (
                 f"the INT8 plan that keeps quality is only {reduction:.2f}x smaller (shipping "
                 f"needs >= {cfg.min_size_reduction}x)"))
-        speed = self._speed(source, final, clips, rate, ctx.threads, cfg)
+        # the final plan is the last one scored: its session is fidelity.last
+        speed = self._speed(fidelity.reference, fidelity.last, clips, rate, ctx.threads, cfg)
         metrics["speed"] = speed
         if cfg.min_speedup and speed["speedup"] < cfg.min_speedup:
             reason = (f"INT8 runs {speed['speedup']:.2f}x the fp32 speed (p50 "
@@ -287,11 +292,11 @@ class Quantize(Pass):
             candidate = build(plan)
 
     @staticmethod
-    def _speed(fp32: Path, int8: Path, clips: list[np.ndarray], rate: int, threads: int,
-               cfg: QuantizeConfig) -> dict[str, Any]:
+    def _speed(fp32: OrtRunner, int8: OrtRunner, clips: list[np.ndarray], rate: int,
+               threads: int, cfg: QuantizeConfig) -> dict[str, Any]:
         seconds = 2
         clip = looped_clip([c[0] for c in clips], seconds * rate)
-        runners = {"fp32": OrtRunner(fp32, threads), "int8": OrtRunner(int8, threads)}
+        runners = {"fp32": fp32, "int8": int8}
         timed = measure_interleaved({k: (lambda r=r: r(clip)) for k, r in runners.items()},
                                     repeats=cfg.timing_repeats)
         return {
