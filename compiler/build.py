@@ -26,8 +26,15 @@ from compiler.gates import GateCheck, GateError, Gates, check_quality, failed, w
 from compiler.instruments import DumpInstrument, default_instruments
 from compiler.manager import PassManager, PipelineRun
 from compiler.pipeline import PipelineSpec
-from compiler.report import build_report, manifest, render_markdown, write_json
-from targets import get_target, require_available
+from compiler.report import (
+    VALIDATORS,
+    build_report,
+    manifest,
+    render_markdown,
+    validation_metrics,
+    write_json,
+)
+from targets import get_target, require_available, require_cuda_passes
 
 PARITY_SECONDS = 4
 
@@ -51,6 +58,7 @@ class BuildRequest:
     stream: bool = False
     ray: str | None = None  # None/"off": serial; "auto": local Ray if installed; else address
     gates: Gates = field(default_factory=Gates)
+    allow_cpu_only: bool = False  # build a target lacking its hardware from its CPU pipeline
 
 
 def check_writable(folder: Path, what: str = "output folder") -> None:
@@ -63,10 +71,13 @@ def check_writable(folder: Path, what: str = "output folder") -> None:
         raise OutputError(f"{what} {folder} is not writable: {exc.strerror or exc}") from None
 
 
-def pipeline_spec(pipeline: str | None, target: Any, stream: bool) -> PipelineSpec:
+def pipeline_spec(pipeline: str | None, target: Any, stream: bool,
+                  cpu_only: bool = False) -> PipelineSpec:
     """The pipeline a build runs for ``target``: ``pipeline`` (text or TOML file) or the
-    target's default, with the ``stream`` pass added before export when ``stream``."""
-    spec = PipelineSpec.load(pipeline or target.default_pipeline)
+    target's default (its CPU-only one when ``cpu_only``), with the ``stream`` pass added
+    before export when ``stream``."""
+    default = target.cpu_only_pipeline if cpu_only else target.default_pipeline
+    spec = PipelineSpec.load(pipeline or default)
     if stream:  # the streaming artifact is written from the torch model, before export
         spec = spec.including("stream", before="export-onnx")
     return spec
@@ -125,9 +136,10 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     from models.registry import DEMO_DIR, load_model
 
     targets = [get_target(name) for name in dict.fromkeys(request.targets)]  # once each
-    for target in targets:
-        require_available(target)
-    specs = {t.name: pipeline_spec(request.pipeline, t, request.stream) for t in targets}
+    unvalidated = {t.name: why for t in targets
+                   if (why := require_available(t, request.allow_cpu_only)) is not None}
+    specs = {t.name: pipeline_spec(request.pipeline, t, request.stream, t.name in unvalidated)
+             for t in targets}
     cache = PassCache(request.cache_dir) if request.cache_dir else None
 
     def listener(record: dict[str, Any]) -> None:
@@ -147,6 +159,8 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     managers = {t.name: PassManager.from_spec(specs[t.name], t, cache=cache, listener=listener,
                                               instruments=instruments(t.name))
                 for t in targets}
+    for target in targets:
+        require_cuda_passes(target, managers[target.name].passes)
 
     artifact = load_model(request.model, request.weights)
     rate = artifact.info.sample_rate
@@ -197,10 +211,11 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
                 shutil.copyfile(run.artifact.path, final)
                 for side_output in (f for result in run.results for f in result.files):
                     shutil.copyfile(side_output, folder / side_output.name)
-                write_json(folder / "manifest.json", manifest(artifact.info, target, run, final))
-                if any(p.name == "validate" for p in managers[target.name].passes):
-                    checks += check_quality(target.name, run.metrics_of("validate").get(
-                        "quality"), request.gates)
+                write_json(folder / "manifest.json", manifest(
+                    artifact.info, target, run, final, unvalidated.get(target.name)))
+                if any(p.name in VALIDATORS for p in managers[target.name].passes):
+                    checks += check_quality(target.name, validation_metrics(run).get("quality"),
+                                            request.gates)
             settings = {
                 "threads": request.threads, "seed": request.seed,
                 "eval": str(eval_root) if eval_root else None,
@@ -208,7 +223,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
                 "cache": str(request.cache_dir) if request.cache_dir else None,
                 "execution": executor.settings(),
             }
-            report = build_report(artifact.info, runs, settings)
+            report = build_report(artifact.info, runs, settings, unvalidated)
             report["gates"] = {"limits": request.gates.limits(),
                                "checks": {t: [c.as_dict() for c in checks if c.target == t]
                                           for t in runs} if checks else None}

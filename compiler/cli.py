@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import sys
 import tempfile
@@ -100,13 +101,16 @@ def _target_names() -> list[str]:
                    "bucket of --eval; beyond it the build exits 3 and ships nothing.")
 @click.option("--max-pesq-drop", default=0.05, show_default=True, type=click.FloatRange(0),
               help="Largest PESQ-WB loss allowed in any input-SNR bucket (exit 3 beyond it).")
+@click.option("--allow-cpu-only-artifacts", "allow_cpu_only", is_flag=True,
+              help="Build a target whose hardware this machine lacks (gpu without a CUDA GPU) "
+                   "from what the CPU can check (the FP16 ONNX), marked unvalidated.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @_guarded
 def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
           pipeline: str | None, calib: Path | None, eval_dir: Path | None, out: Path,
           threads: int, cache_dir: Path | None, no_cache: bool, seed: int, dump_dir: Path | None,
           resample: bool, stream: bool, ray: str, no_ray: bool, max_si_sdr_drop: float,
-          max_pesq_drop: float, quiet: bool) -> None:
+          max_pesq_drop: float, allow_cpu_only: bool, quiet: bool) -> None:
     """Compile MODEL (a registry name, FILE.py:factory or TorchScript; default: the shipped
     default model) for each target and write artifacts, manifests and the report to --out."""
     from compiler.build import BuildRequest, run_build
@@ -117,7 +121,7 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
         calib=calib, eval=eval_dir, threads=threads, seed=seed, dump_dir=dump_dir,
         resample=resample, stream=stream, ray=None if no_ray else ray,
         cache_dir=None if no_cache else (cache_dir or _default_cache_dir()),
-        gates=Gates(max_si_sdr_drop, max_pesq_drop),
+        gates=Gates(max_si_sdr_drop, max_pesq_drop), allow_cpu_only=allow_cpu_only,
     )
     log = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
     report = run_build(request, log)
@@ -136,6 +140,8 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
             timed = (f"{latency['per_hop_ms']['p50']:.3f} ms per hop p50, " if latency else "")
             parts.append(f"stream: {out / name / streaming['file']} (hop {streaming['hop']}, "
                          f"{timed}max abs vs offline {streaming['equivalence']['max_abs']:.2g})")
+        if t["validation"]["status"] == "unvalidated":
+            parts.append("UNVALIDATED: built without the target's hardware")
         if t["cache_hits"]:
             parts.append(f"cache hits: {', '.join(t['cache_hits'])}")
         click.echo("; ".join(parts))
@@ -356,15 +362,33 @@ def list_passes() -> None:
 
 
 @main.command("targets")
-def list_targets() -> None:
-    """List the targets and whether this machine can build them."""
+@click.option("--json", "as_json", is_flag=True, help="Print the machine and targets as JSON.")
+def list_targets(as_json: bool) -> None:
+    """What this machine has (CPU features, CUDA devices, MPS/XPU, TensorRT, ONNX Runtime
+    providers) and which targets it can build and run, with the reason for the others."""
     from targets import TARGETS
+    from targets.hardware import describe, detect
 
+    hw = detect()
+    if as_json:
+        click.echo(json.dumps({"machine": hw.as_dict(), "targets": {
+            name: {"available": t.unavailable_reason() is None,
+                   "why_not": t.unavailable_reason(), "default_pipeline": t.default_pipeline,
+                   "cpu_only_pipeline": t.cpu_only_pipeline}
+            for name, t in sorted(TARGETS.items())}}, indent=2))
+        return
+    click.echo("machine:")
+    for line in describe(hw):
+        click.echo(f"  {line}")
+    click.echo("targets:")
     for name, target in sorted(TARGETS.items()):
         reason = target.unavailable_reason()
         status = "available" if reason is None else f"unavailable: {reason}"
-        click.echo(f"{name:<6} {target.description}; {status}")
-        click.echo(f"{'':<6} default pipeline: {target.default_pipeline}")
+        click.echo(f"  {name:<6} {target.description}; {status}")
+        click.echo(f"  {'':<6} default pipeline: {target.default_pipeline}")
+        if reason is not None and target.cpu_only_pipeline:
+            click.echo(f"  {'':<6} with --allow-cpu-only-artifacts: "
+                       f"{target.cpu_only_pipeline} (unvalidated)")
 
 
 @main.command("models")

@@ -141,6 +141,10 @@ class Pass:
         """Extra inputs, beyond the artifact and config, that determine this pass's output."""
         return {}
 
+    def requires_cuda(self) -> bool:
+        """Whether this pass, as configured, needs a CUDA GPU (checked before a build starts)."""
+        return False
+
     @property
     def parity_tolerance(self) -> float | None:
         """Max abs waveform difference allowed between input and output, or None to skip."""

@@ -43,9 +43,48 @@ def pass_entries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: r[k] for k in keys if k in r} for r in records]
 
 
-def target_entry(name: str, run: Any, artifact_rel: str) -> dict[str, Any]:
+VALIDATORS = ("validate", "validate-gpu")
+
+
+def validation_metrics(run: Any) -> dict[str, Any]:
+    """The measurements the summary and the quality gates use: ``validate``'s (on the CPU), else
+    ``validate-gpu``'s (on a GPU, its primary artifact), else empty."""
+    return run.metrics_of("validate") or run.metrics_of("validate-gpu")
+
+
+def validation_entry(run: Any, unvalidated: str | None) -> dict[str, Any]:
+    """Where the artifact was measured, or why it was not."""
+    if unvalidated is not None:
+        checked = ("its quality was scored with FP16 simulated on the CPU (FP16 storage of "
+                   "every tensor between operators, fp32 arithmetic)"
+                   if run.metrics_of("fp16") and (run.metrics_of("validate").get("quality"))
+                   else "it was checked on the CPU only")
+        return {"status": "unvalidated",
+                "why": f"built without the target's hardware ({unvalidated}); {checked}; no "
+                       "latency, throughput or memory was measured on the target's hardware"}
+    gpu = run.metrics_of("validate-gpu")
+    if gpu:
+        return {"status": "validated on GPU", "device": gpu["device"]["name"]}
+    if run.metrics_of("validate"):
+        return {"status": "validated on CPU"}
+    return {"status": "not validated", "why": "the pipeline has no validate pass"}
+
+
+def gpu_entry(run: Any) -> dict[str, Any] | None:
+    """What the gpu passes made and measured: FP16 ONNX, AOTInductor package, Torch-TensorRT
+    program with its op coverage, and the GPU measurements; ``None`` when none ran."""
+    made = {name: run.metrics_of(name) for name in ("fp16", "aot-inductor", "tensorrt",
+                                                     "validate-gpu")}
+    if not any(made.values()):
+        return None
+    return {"fp16_onnx": made["fp16"] or None, "aot_inductor": made["aot-inductor"] or None,
+            "tensorrt": made["tensorrt"] or None, "measured": made["validate-gpu"] or None}
+
+
+def target_entry(name: str, run: Any, artifact_rel: str,
+                 unvalidated: str | None = None) -> dict[str, Any]:
     """The report entry of one target from its pipeline run."""
-    v = run.metrics_of("validate")
+    v = validation_metrics(run)
     q = v.get("quality") or {}
     delta = q.get("delta")
     return {
@@ -60,13 +99,15 @@ def target_entry(name: str, run: Any, artifact_rel: str) -> dict[str, Any]:
         "quality": {k: q[k] for k in ("noisy", "baseline", "artifact", "buckets", "files",
                                       "failed_files", "eval_set", "max_abs_vs_baseline",
                                       "execution") if k in q} or None,
-        "latency_ms": v.get("latency_ms"),
+        "latency_ms": run.metrics_of("validate").get("latency_ms"),
         "timing": v.get("timing"),
         "throughput_rps": v.get("throughput_rps"),
         "peak_rss_mb": v.get("peak_rss_mb"),
         "size_bytes": v.get("size_bytes"),
         "streaming": _streaming_entry(run, v),
         "precision": precision_entry(run),
+        "gpu": gpu_entry(run),
+        "validation": validation_entry(run, unvalidated),
         "cache_hits": run.cache_hits,
         "passes": pass_entries(run.records),
     }
@@ -114,7 +155,7 @@ def baseline_entry(runs: dict[str, Any]) -> dict[str, Any]:
     """The fp32 torch model's measurements, from the first target that validated."""
     for run in runs.values():
         v = run.metrics_of("validate")
-        if v:
+        if v.get("latency_ms"):
             latency = v["latency_ms"]
             q = v.get("quality") or {}
             return {
@@ -129,8 +170,11 @@ def baseline_entry(runs: dict[str, Any]) -> dict[str, Any]:
     return {"latency_ms": {"p50": None}, "note": "no target ran the validate pass"}
 
 
-def build_report(info: Any, runs: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """The whole ``report.json`` document."""
+def build_report(info: Any, runs: dict[str, Any], settings: dict[str, Any],
+                 unvalidated: dict[str, str] | None = None) -> dict[str, Any]:
+    """The whole ``report.json`` document; ``unvalidated`` maps a target built without its
+    hardware to the reason."""
+    unvalidated = unvalidated or {}
     return {
         "secompile": library_versions()["secompile"],
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -140,14 +184,17 @@ def build_report(info: Any, runs: dict[str, Any], settings: dict[str, Any]) -> d
         "versions": library_versions(),
         "baseline": baseline_entry(runs),
         "targets": {
-            name: target_entry(name, run, f"{name}/{run.artifact.path.name}")
+            name: target_entry(name, run, f"{name}/{run.artifact.path.name}",
+                               unvalidated.get(name))
             for name, run in runs.items()
         },
     }
 
 
-def manifest(info: Any, target: Any, run: Any, artifact_path: Path) -> dict[str, Any]:
-    """``<target>/manifest.json``: what the artifact is and exactly how it was made."""
+def manifest(info: Any, target: Any, run: Any, artifact_path: Path,
+             unvalidated: str | None = None) -> dict[str, Any]:
+    """``<target>/manifest.json``: what the artifact is and exactly how it was made, and where
+    it was validated."""
     art = run.artifact
     return {
         "artifact": artifact_path.name,
@@ -168,6 +215,7 @@ def manifest(info: Any, target: Any, run: Any, artifact_path: Path) -> dict[str,
         "versions": library_versions(),
         "streaming": _streaming_manifest(run, artifact_path.parent),
         "precision": precision_entry(run),
+        "validation": validation_entry(run, unvalidated),
         "side_files": [{"file": path.name, "sha256": file_sha256(artifact_path.parent / path.name),
                         "size_bytes": (artifact_path.parent / path.name).stat().st_size}
                        for result in run.results for path in result.files],
@@ -270,6 +318,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for name, t in report["targets"].items():
         lines += ["", f"## {name}", "",
                   f"Artifact `{t['artifact']}`; pipeline `{t['pipeline']}`.", ""]
+        validation = t.get("validation") or {}
+        if validation.get("status") == "unvalidated":
+            lines += [f"**Unvalidated:** {validation['why']}.", ""]
         if t["latency_ms"]:
             lines += ["| measure | baseline | artifact |", "|---|---|---|"]
             for label, sides in t["latency_ms"].items():
@@ -301,6 +352,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += _precision_markdown(t["precision"])
         if t.get("streaming"):
             lines += _streaming_markdown(name, t["streaming"])
+        if t.get("gpu"):
+            lines += _gpu_markdown(t["gpu"])
         lines += ["", "| pass | seconds | modified | cache |", "|---|---|---|---|"]
         for p in t["passes"]:
             lines.append(f"| {p['name']} | {_fmt(p.get('seconds'), '.2f')} | {p['modified']} "
@@ -333,4 +386,53 @@ def _streaming_markdown(target: str, s: dict[str, Any]) -> list[str]:
                   (f"| same, {load['busy_processes']} busy processes | "
                   f"{100 * load['deadline_miss_share']:.2f}% (p99 "
                   f"{load['per_hop_ms']['p99']:.3f} ms) |")]
+    return lines
+
+
+def _gpu_markdown(gpu: dict[str, Any]) -> list[str]:
+    """The gpu artifacts: FP16 ONNX contents, compiled packages, op coverage, GPU timings."""
+    lines: list[str] = []
+    fp16 = gpu.get("fp16_onnx")
+    if fp16:
+        lines += ["", (f"FP16 ONNX: {_fmt(fp16.get('agreement_db'), '.1f')} dB SI-SDR against the "
+                       f"fp32 ONNX on the parity clip ({fp16.get('simulation', 'CPU')}); "
+                       f"{_fmt(fp16.get('size_reduction'), '.2f')}x smaller than fp32 ONNX.")]
+    for key, label in (("aot_inductor", "AOTInductor package"), ("tensorrt", "Torch-TensorRT")):
+        made = gpu.get(key)
+        if not made:
+            continue
+        if made.get("skipped"):
+            lines += ["", f"{label}: not built: {made['skipped']}."]
+            continue
+        lines += ["", (f"{label} `{made['file']}`: {made['precision']}, "
+                       f"{_fmt(made['agreement_db'], '.1f')} dB SI-SDR against fp32 eager, "
+                       f"{made['size_bytes']} bytes.")]
+        coverage = made.get("op_coverage")
+        if coverage:
+            lines += ["", (f"Op coverage: {coverage['ops_in_tensorrt']} of {coverage['ops_total']}"
+                           f" operator calls in {coverage['engines']} TensorRT engine(s)."), "",
+                      "| operator | calls | in TensorRT | in PyTorch |", "|---|---|---|---|"]
+            lines += [f"| {r['op']} | {r['total']} | {r['tensorrt']} | {r['pytorch']} |"
+                      for r in coverage["ops"]]
+    measured = gpu.get("measured")
+    if not measured:
+        return lines
+    device = measured["device"]
+    batches = sorted({int(b) for rows in measured["throughput"].values() for b in rows})
+    lines += ["", (f"Measured on {device['name']} (compute capability {device['capability']}, "
+                   f"CUDA {device['cuda']}, PyTorch {device['torch']}), "
+                   f"{measured['clip_seconds']} s clips, CUDA events:"), "",
+              "| model | p50 ms | p99 ms | " + " | ".join(f"clips/s @ {b}" for b in batches)
+              + " | peak MiB | GPU util % |",
+              "|---|---|---|" + "---|" * len(batches) + "---|---|"]
+    for name, latency in measured["latency_ms"].items():
+        rows = measured["throughput"].get(name, {})
+        largest = rows.get(str(max(batches)), {}) if rows else {}
+        util = (largest.get("gpu_utilisation") or {}).get("mean_percent")
+        lines.append(f"| {name} | {_fmt(latency['p50'], '.3f')} | {_fmt(latency['p99'], '.3f')} | "
+                     + " | ".join(_fmt((rows.get(str(b)) or {}).get("rps"), '.1f')
+                                  for b in batches)
+                     + f" | {_fmt(largest.get('peak_allocated_mib'), '.1f')} | {_fmt(util)} |")
+    for name, why in measured.get("not_measured", {}).items():
+        lines.append(f"\nNot measured: {name}: {why}.")
     return lines

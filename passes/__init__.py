@@ -1,14 +1,18 @@
 """Built-in passes; importing this package registers them (one module per pass)."""
 
 from passes import (
+    aot_inductor,
     export_onnx,
+    fp16,
     fuse_conv_bn,
     merge_grouped_gru,
     ort_format,
     quantize,
     stream,
+    tensorrt,
     validate,
+    validate_gpu,
 )
 
-__all__ = ["export_onnx", "fuse_conv_bn", "merge_grouped_gru", "ort_format", "quantize", "stream",
-           "validate"]
+__all__ = ["aot_inductor", "export_onnx", "fp16", "fuse_conv_bn", "merge_grouped_gru",
+           "ort_format", "quantize", "stream", "tensorrt", "validate", "validate_gpu"]

@@ -32,11 +32,13 @@ from compiler.versions import ROOT, machine_info
 
 @dataclass(frozen=True)
 class ValidateConfig(PassConfig):
-    """Options of ``validate``: repetitions, batch size for throughput, what to measure."""
+    """Options of ``validate``: repetitions, batch size for throughput, what to measure
+    (``speed=false`` skips latency and throughput: a build for hardware this machine lacks)."""
 
     repeats: int = 40
     long_repeats: int = 10
     batch: int = 8
+    speed: bool = True
     memory: bool = True
     quality: bool = True
     streaming: bool = True
@@ -119,7 +121,8 @@ class Validate(Pass):
         pairs = ctx.evaluation.load() if ctx.evaluation else []
         audio = [p.noisy for p in pairs] or [ctx.parity_audio[0]]
         metrics: dict[str, Any] = {"threads": ctx.threads}
-        metrics.update(self._speed(baseline, candidate, audio, rate, cfg))
+        if cfg.speed:
+            metrics.update(self._speed(baseline, candidate, audio, rate, cfg))
         metrics["size_bytes"] = {
             "baseline": _state_dict_bytes(ctx.baseline.module),
             "artifact": artifact.size_bytes() if artifact.path else _state_dict_bytes(

@@ -11,7 +11,9 @@ class Target:
     """A deployment target with declared capabilities and its default pipeline.
 
     ``availability`` returns ``None`` when this machine can build and run the target, or the
-    reason it cannot.
+    reason it cannot. ``cpu_only_pipeline``, where set, is what the target can still build on a
+    machine that lacks its hardware (``--allow-cpu-only-artifacts``): artifacts checked on the
+    CPU only and marked unvalidated.
     """
 
     name: str
@@ -23,6 +25,7 @@ class Target:
     default_pipeline: str
     supported_passes: frozenset[str]
     availability: Callable[[], str | None]
+    cpu_only_pipeline: str | None = None
 
     def unavailable_reason(self) -> str | None:
         """Why this machine cannot build the target, or ``None`` when it can."""

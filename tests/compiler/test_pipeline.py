@@ -31,7 +31,7 @@ def test_toml_form(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("fuse-conv-bn,export-onnx,teleport", "unknown pass 'teleport' (valid passes: export-onnx"),
+    ("fuse-conv-bn,export-onnx,teleport", "unknown pass 'teleport' (valid passes: aot-inductor, export-onnx"),
     ("export-onnx{opset=99}", "opset must be between 13 and 21"),
     ("export-onnx{opset=seventeen}", "option 'opset' must be int, got 'seventeen'"),
     ("export-onnx{speed=11}", "unknown option 'speed'"),

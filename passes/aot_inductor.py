@@ -1,0 +1,133 @@
+"""``aot-inductor``: a compiled PyTorch artifact (``torch.export`` + AOTInductor package)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from compiler.artifact import Artifact
+from compiler.context import PassContext
+from compiler.errors import PassError, TargetError
+from compiler.passes import Pass, PassConfig, PassResult, register_pass
+from compiler.torch_export import (
+    PRECISIONS,
+    HopPadded,
+    ShapeRange,
+    agreement,
+    export_dynamic,
+    exportable,
+    parity_inputs,
+    shape_range,
+)
+
+AOTI_FILE = "model_aoti.pt2"
+DEVICES = ("cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class AotInductorConfig(PassConfig):
+    """Options of ``aot-inductor``: device and precision of the compiled code, the range of
+    input lengths (in STFT hops, ``frames``) and batch sizes it accepts, and the SI-SDR its
+    output must keep against the fp32 eager model on the parity clip."""
+
+    device: str = "cuda"
+    precision: str = "fp16"
+    min_frames: int = 8
+    opt_frames: int = 100
+    max_frames: int = 6000
+    max_batch: int = 32
+    min_agreement_db: float = 30.0
+
+    def check(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got "
+                             f"{self.precision!r}")
+        ShapeRange(1, self.min_frames, self.opt_frames, self.max_frames, self.max_batch)
+        if not self.min_agreement_db > 0:
+            raise ValueError(f"min_agreement_db must be > 0, got {self.min_agreement_db}")
+
+
+@register_pass
+class AotInductor(Pass):
+    """Write ``model_aoti.pt2``: the model ahead-of-time compiled by TorchInductor.
+
+    Rewrite rules (on a copy; the pipeline's model passes through unchanged):
+
+    * every ``nn.GRU``/``nn.LSTM`` becomes one opaque operator running PyTorch's fused RNN
+      (``compiler.torch_export``), so the time axis stays dynamic;
+    * a spectral model uses its convolutional STFT; under ``precision`` fp16/bf16 its core runs
+      under ``torch.autocast`` (matrix products, convolutions and RNNs in reduced precision,
+      autocast's fp32 ops such as log, pow, norms and reductions in fp32), the STFT and inverse
+      STFT in fp32; inputs and outputs are float32;
+    * ``torch.export`` with a dynamic batch (1..``max_batch``) and length
+      (``min_frames``..``max_frames`` hops), then ``aoti_compile_and_package`` for ``device``.
+
+    The package is loaded back and run on the parity clip and on a batch of two clips of
+    another length; its output must keep ``min_agreement_db`` SI-SDR against the fp32 eager
+    model on the same device. Load it with ``import compiler.torch_export`` (registers the RNN
+    operators) and ``torch._inductor.aoti_load_package``; lengths must be whole hops
+    (``compiler.torch_export.HopPadded`` pads others).
+    """
+
+    name = "aot-inductor"
+    Config = AotInductorConfig
+    input_formats = ("torch",)
+    summary = "write model_aoti.pt2: torch.export + AOTInductor, fp16/bf16, dynamic length"
+    checks_parity = False  # the artifact is unchanged; the package is proven below
+
+    def requires_cuda(self) -> bool:
+        return self.config.device == "cuda"
+
+    def cache_inputs(self, ctx: PassContext) -> dict[str, Any]:
+        device = (torch.cuda.get_device_name() if self.requires_cuda()
+                  and torch.cuda.is_available() else "cpu")
+        return {"torch": torch.__version__, "device": device}
+
+    def run(self, artifact: Artifact, ctx: PassContext) -> PassResult:
+        cfg: AotInductorConfig = self.config
+        if self.requires_cuda() and not torch.cuda.is_available():
+            raise TargetError("aot-inductor with device=cuda needs a CUDA GPU; this machine has "
+                              "none (use device=cpu for a CPU package)")
+        shapes = shape_range(artifact, cfg.min_frames, cfg.opt_frames, cfg.max_frames,
+                             cfg.max_batch)
+        model, rnns = exportable(artifact.module, cfg.device, cfg.precision)
+        started = time.perf_counter()
+        try:
+            program = export_dynamic(model, shapes, cfg.device)
+        except Exception as exc:  # torch.export raises many types; name the pass and the cause
+            raise PassError(self.name, f"torch.export failed: {str(exc).splitlines()[0]}") \
+                from exc
+        exported = time.perf_counter()
+        path = ctx.pass_dir / AOTI_FILE
+        with torch.no_grad():
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        compiled = time.perf_counter()
+        package = HopPadded(torch._inductor.aoti_load_package(str(path)), shapes.hop)
+        reference = copy.deepcopy(artifact.module).to(cfg.device).eval()
+        checks = []
+        with torch.inference_mode():
+            for x in parity_inputs(ctx, shapes, cfg.device):
+                db, max_abs = agreement(reference(x), package(x))
+                checks.append({"shape": list(x.shape), "agreement_db": round(db, 2),
+                               "max_abs": max_abs})
+        worst = min(c["agreement_db"] for c in checks)
+        if not worst >= cfg.min_agreement_db:
+            raise PassError(self.name, f"{AOTI_FILE} keeps {worst:.1f} dB SI-SDR against the "
+                                       f"fp32 model ({cfg.precision} on {cfg.device}); needs "
+                                       f">= {cfg.min_agreement_db} dB")
+        metrics = {
+            "file": AOTI_FILE, "device": cfg.device, "precision": cfg.precision,
+            "shapes": shapes.as_dict(), "opaque_rnns": rnns,
+            "export_seconds": round(exported - started, 2),
+            "compile_seconds": round(compiled - exported, 2),
+            "size_bytes": path.stat().st_size, "agreement_db": worst, "parity": checks,
+            "torch": torch.__version__,
+            "load": "import compiler.torch_export; torch._inductor.aoti_load_package(path)",
+        }
+        return PassResult(artifact, False, metrics, files=(path,))

@@ -1,0 +1,183 @@
+"""``tensorrt``: a Torch-TensorRT exported program, with the ops left to PyTorch reported."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from compiler.artifact import Artifact
+from compiler.context import PassContext
+from compiler.errors import PassError, TargetError
+from compiler.passes import Pass, PassConfig, PassResult, register_pass
+from compiler.torch_export import (
+    HopPadded,
+    ShapeRange,
+    agreement,
+    export_dynamic,
+    exportable,
+    parity_inputs,
+    shape_range,
+)
+
+TRT_FILE = "model_trt.ep"
+TRT_PRECISIONS = ("fp16", "fp32")
+_STRUCTURAL = {"getitem", "sym_size", "_assert_tensor_metadata", "sym_constrain_range_for_size"}
+
+
+@dataclass(frozen=True)
+class TensorRtConfig(PassConfig):
+    """Options of ``tensorrt``: precision (taken from the graph: autocast casts in the exported
+    program, Torch-TensorRT's explicit typing), the dynamic shape range (``opt_frames`` is the
+    shape TensorRT tunes for), the smallest block worth an engine, whether a machine without
+    Torch-TensorRT fails the build (``require``) or skips the pass, and the SI-SDR to keep."""
+
+    precision: str = "fp16"
+    min_frames: int = 8
+    opt_frames: int = 100
+    max_frames: int = 6000
+    max_batch: int = 32
+    min_block_size: int = 3
+    require: bool = False
+    min_agreement_db: float = 30.0
+
+    def check(self) -> None:
+        if self.precision not in TRT_PRECISIONS:
+            raise ValueError(f"precision must be one of {TRT_PRECISIONS}, got "
+                             f"{self.precision!r}")
+        ShapeRange(1, self.min_frames, self.opt_frames, self.max_frames, self.max_batch)
+        if self.min_block_size < 1:
+            raise ValueError(f"min_block_size must be >= 1, got {self.min_block_size}")
+        if not self.min_agreement_db > 0:
+            raise ValueError(f"min_agreement_db must be > 0, got {self.min_agreement_db}")
+
+
+def op_name(target: Any) -> str:
+    """A readable operator name: ``aten.conv1d``, ``secompile.gru``, ``mul``."""
+    name = getattr(target, "__name__", None) or str(target)
+    text = str(target)
+    if text.startswith(("aten.", "secompile.", "prims.")):
+        name = text.rsplit(".", 1)[0] if text.count(".") >= 2 else text
+    return name
+
+
+def count_ops(graph: torch.fx.Graph) -> Counter:
+    """How many times each compute operator is called in ``graph``."""
+    return Counter(op_name(n.target) for n in graph.nodes if n.op == "call_function"
+                   and op_name(n.target) not in _STRUCTURAL)
+
+
+def op_coverage(before: Counter, compiled: torch.fx.GraphModule) -> dict[str, Any]:
+    """Which operators TensorRT runs and which fall back to PyTorch.
+
+    Torch-TensorRT partitions the graph into TensorRT engines (``_run_on_acc_*`` submodules)
+    and PyTorch subgraphs (``_run_on_gpu_*`` and the top-level graph); an operator's fallback
+    count is how often it is still called as an operator outside the engines."""
+    fallback = count_ops(compiled.graph)
+    engines = 0
+    for name, child in compiled.named_children():
+        if name.startswith("_run_on_acc"):
+            engines += 1
+        elif isinstance(child, torch.fx.GraphModule):
+            fallback += count_ops(child.graph)
+    rows = [{"op": op, "total": total, "pytorch": min(fallback.get(op, 0), total),
+             "tensorrt": total - min(fallback.get(op, 0), total)}
+            for op, total in sorted(before.items())]
+    in_trt = sum(r["tensorrt"] for r in rows)
+    return {"engines": engines, "ops": rows, "ops_total": sum(before.values()),
+            "ops_in_tensorrt": in_trt,
+            "share_in_tensorrt": round(in_trt / max(1, sum(before.values())), 3)}
+
+
+@register_pass
+class TensorRt(Pass):
+    """Write ``model_trt.ep``: the model compiled by Torch-TensorRT (the ``gpu`` extra).
+
+    Rewrite rules (on a copy; the pipeline's model passes through unchanged): the model is
+    exported as ``aot-inductor`` exports it (opaque RNN operators, convolutional STFT,
+    autocast core in ``precision``, dynamic batch and length), decomposed to ATen, and compiled
+    with ``torch_tensorrt.dynamo.compile`` using explicit typing (the precision comes from the
+    graph, not from ``enabled_precisions``). Operators without a TensorRT converter, such as
+    the RNN operators, run in PyTorch; the op-coverage table in the metrics says which. The
+    result must keep ``min_agreement_db`` SI-SDR against the fp32 eager model on the parity
+    clip; it is saved with ``torch_tensorrt.save`` as an exported program.
+
+    Where Torch-TensorRT is not installed the pass does not apply (``skipped`` names why)
+    unless ``require`` is set, which makes it an error.
+    """
+
+    name = "tensorrt"
+    Config = TensorRtConfig
+    input_formats = ("torch",)
+    summary = "write model_trt.ep: Torch-TensorRT engines, fallback ops reported"
+    checks_parity = False
+
+    def requires_cuda(self) -> bool:
+        return True
+
+    def cache_inputs(self, ctx: PassContext) -> dict[str, Any]:
+        from targets.hardware import detect
+
+        hw = detect()
+        return {"torch_tensorrt": hw.torch_tensorrt, "tensorrt": hw.tensorrt,
+                "device": [d.name for d in hw.cuda_devices]}
+
+    def run(self, artifact: Artifact, ctx: PassContext) -> PassResult:
+        cfg: TensorRtConfig = self.config
+        try:
+            import torch_tensorrt
+        except ImportError as exc:
+            why = (f"Torch-TensorRT is not importable ({exc}); install the gpu extra "
+                   "(pip install 'secompile[gpu]') on a machine with CUDA and TensorRT")
+            if cfg.require:
+                raise TargetError(f"tensorrt: {why}") from None
+            return PassResult(artifact, False, {"skipped": why})
+        if not torch.cuda.is_available():
+            raise TargetError("tensorrt needs a CUDA GPU; this machine has none")
+        shapes = shape_range(artifact, cfg.min_frames, cfg.opt_frames, cfg.max_frames,
+                             cfg.max_batch)
+        model, rnns = exportable(artifact.module, "cuda", cfg.precision)
+        started = time.perf_counter()
+        program = export_dynamic(model, shapes, "cuda").run_decompositions()
+        before = count_ops(program.graph)
+        spec = torch_tensorrt.Input(
+            min_shape=(1, shapes.samples(shapes.min_frames)),
+            opt_shape=(1, shapes.samples(shapes.opt_frames)),
+            max_shape=(shapes.max_batch, shapes.samples(shapes.max_frames)),
+            dtype=torch.float32)
+        try:
+            compiled = torch_tensorrt.dynamo.compile(
+                program, arg_inputs=[spec], use_explicit_typing=True,
+                min_block_size=cfg.min_block_size, require_full_compilation=False)
+        except Exception as exc:  # TensorRT's builder raises many types
+            raise PassError(self.name, f"Torch-TensorRT could not compile the model: "
+                                       f"{str(exc).splitlines()[0]}") from exc
+        built = time.perf_counter()
+        coverage = op_coverage(before, compiled)
+        runner = HopPadded(compiled, shapes.hop)
+        reference = copy.deepcopy(artifact.module).to("cuda").eval()
+        checks = []
+        with torch.inference_mode():
+            for x in parity_inputs(ctx, shapes, "cuda"):
+                db, max_abs = agreement(reference(x), runner(x))
+                checks.append({"shape": list(x.shape), "agreement_db": round(db, 2),
+                               "max_abs": max_abs})
+        worst = min(c["agreement_db"] for c in checks)
+        if not worst >= cfg.min_agreement_db:
+            raise PassError(self.name, f"{TRT_FILE} keeps {worst:.1f} dB SI-SDR against the "
+                                       f"fp32 model; needs >= {cfg.min_agreement_db} dB")
+        path = ctx.pass_dir / TRT_FILE
+        example = torch.zeros(1, shapes.samples(shapes.opt_frames), device="cuda")
+        torch_tensorrt.save(compiled, str(path), output_format="exported_program",
+                            arg_inputs=[example])
+        metrics = {
+            "file": TRT_FILE, "precision": cfg.precision, "shapes": shapes.as_dict(),
+            "opaque_rnns": rnns, "compile_seconds": round(built - started, 2),
+            "size_bytes": path.stat().st_size, "agreement_db": worst, "parity": checks,
+            "op_coverage": coverage, "torch_tensorrt": torch_tensorrt.__version__,
+        }
+        return PassResult(artifact, False, metrics, files=(path,))
