@@ -31,11 +31,14 @@ def _missing_modules() -> list[str]:
 
 
 def _row(name: str, entry: dict[str, Any], seconds: float) -> dict[str, Any]:
-    measured = entry["gpu"]["measured"]
+    measured = (entry.get("gpu") or {}).get("measured")
+    primary = (measured or {}).get("primary")
+    if primary is None:
+        return {"model": name, "error": "no gpu artifact was measured",
+                "build_seconds": round(seconds, 1)}
     latency = measured["latency_ms"]
-    primary = entry["gpu"]["measured"].get("primary") or "aot-inductor"
     throughput = measured["throughput"]
-    largest = max(throughput[primary], key=int)
+    largest = max(throughput[primary], key=int)  # its row may hold an error instead
     delta = entry["quality_delta"] or {}
     graph = latency.get("aot-inductor+cuda-graph", {})
     return {
@@ -43,8 +46,9 @@ def _row(name: str, entry: dict[str, Any], seconds: float) -> dict[str, Any]:
         "fp32_p50_ms": latency["fp32-eager"]["p50"], "fp16_p50_ms": latency[primary]["p50"],
         "fp16_p99_ms": latency[primary]["p99"], "cuda_graph_p50_ms": graph.get("p50"),
         "speedup": entry["speedup"],
-        "rps": {b: row["rps"] for b, row in throughput[primary].items()},
-        "fp32_rps": {b: row["rps"] for b, row in throughput["fp32-eager"].items()},
+        "rps": {b: row["rps"] for b, row in throughput[primary].items() if "rps" in row},
+        "fp32_rps": {b: row["rps"] for b, row in throughput["fp32-eager"].items()
+                     if "rps" in row},
         "gpu_util_percent": (throughput[primary][largest].get("gpu_utilisation") or {}).get(
             "mean_percent"),
         "d_si_sdr": delta.get("si_sdr"), "d_pesq": delta.get("pesq"), "d_stoi": delta.get("stoi"),
@@ -60,17 +64,23 @@ def _print(rows: list[dict[str, Any]]) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | {r['error']} |")
+            continue
         rps = "/".join(f"{r['rps'][b]:.0f}" for b in sorted(r["rps"], key=int))
         cells = (r["model"], r["device"], r["artifact"], f"{r['fp32_p50_ms']:.3f}",
                  f"{r['fp16_p50_ms']:.3f}", f"{r['fp16_p99_ms']:.3f}",
                  "—" if r["cuda_graph_p50_ms"] is None else f"{r['cuda_graph_p50_ms']:.3f}",
-                 f"{r['speedup']:.2f}x", rps, f"{r['fp32_rps'][max(r['fp32_rps'], key=int)]:.0f}",
+                 f"{r['speedup']:.2f}x", rps,
+                 f"{r['fp32_rps'][max(r['fp32_rps'], key=int)]:.0f}" if r["fp32_rps"] else "—",
                  "—" if r["gpu_util_percent"] is None else f"{r['gpu_util_percent']:.0f}",
                  "—" if r["d_si_sdr"] is None else f"{r['d_si_sdr']:+.3f}",
                  "—" if r["d_pesq"] is None else f"{r['d_pesq']:+.3f}")
         print("| " + " | ".join(cells) + " |")
     for r in rows:
-        print(f"{r['model']}: tensorrt {r['tensorrt']}; build {r['build_seconds']} s")
+        gate = f"; QUALITY GATE FAILED: {r['gate']}" if r.get("gate") else ""
+        print(f"{r['model']}: tensorrt {r.get('tensorrt', '—')}; build {r['build_seconds']} s"
+              f"{gate}")
 
 
 def main() -> int:
@@ -92,6 +102,7 @@ def main() -> int:
               f"{torch.version.cuda}); nothing to check", file=sys.stderr)
         return 2
     from compiler.build import BuildRequest, run_build
+    from compiler.gates import GateError
     from targets.hardware import describe, detect
 
     print("\n".join(describe(detect())))
@@ -104,8 +115,14 @@ def main() -> int:
         started = time.perf_counter()
         request = BuildRequest(model=ref, weights=weights, out=args.out / name, targets=("gpu",),
                                eval=eval_dir, ray=None)
-        report = run_build(request, log=lambda line: print(line, file=sys.stderr))
-        rows.append(_row(name, report["targets"]["gpu"], time.perf_counter() - started))
+        gate = None
+        try:
+            report = run_build(request, log=lambda line: print(line, file=sys.stderr))
+        except GateError as exc:  # still a measurement: the table shows it, marked
+            gate = str(exc)
+            report = json.loads((args.out / name / "rejected-report.json").read_text())
+        rows.append({**_row(name, report["targets"]["gpu"], time.perf_counter() - started),
+                     "gate": gate})
     _print(rows)
     (args.out / "gpu_check.json").write_text(json.dumps(rows, indent=2))
     print(f"json: {args.out / 'gpu_check.json'}")

@@ -6,9 +6,10 @@ Importing this module needs no GPU; every function that runs something does.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -41,22 +42,32 @@ class CudaGraphRunner:
     A streaming server sends chunks of one size; capturing the call once removes the per-kernel
     launch cost that dominates small chunks. Inputs are copied into the captured input buffer;
     the output is a fresh tensor (the graph's own buffer is overwritten on the next replay).
-    Raises ``RuntimeError`` from PyTorch when the model cannot be captured (it synchronizes,
-    allocates from the host, or calls an operator that is not capture-safe).
+    Raises ``RuntimeError`` naming the cause when the model cannot be captured (it
+    synchronizes, allocates from the host, or calls an operator that is not capture-safe).
+
+    An AOTInductor package must be loaded with ``run_single_threaded=True`` to be captured: its
+    default multi-model container polls CUDA events on every call, which capture forbids.
     """
 
     def __init__(self, model: Model, example: Tensor, warmup: int = 3) -> None:
         self.shape = tuple(example.shape)
         self.static_input = example.clone()
+        caller = torch.cuda.current_stream()
         stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
+        stream.wait_stream(caller)
         with torch.inference_mode(), torch.cuda.stream(stream):
             for _ in range(warmup):  # allocator and cuBLAS/cuDNN workspaces before capture
                 model(self.static_input)
-        torch.cuda.current_stream().wait_stream(stream)
+        caller.wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph):
-            self.static_output = model(self.static_input)
+        try:
+            with torch.inference_mode(), torch.cuda.graph(self.graph, stream=stream):
+                self.static_output = model(self.static_input)
+        except RuntimeError as exc:
+            torch.cuda.set_stream(caller)  # a failed capture_end leaves the capture stream set
+            cause = exc.__context__ or exc
+            raise RuntimeError(f"CUDA graph capture failed: {str(cause).splitlines()[0]}") \
+                from exc
 
     def __call__(self, x: Tensor) -> Tensor:
         if tuple(x.shape) != self.shape:
@@ -65,6 +76,19 @@ class CudaGraphRunner:
         self.static_input.copy_(x)
         self.graph.replay()
         return self.static_output.clone()
+
+
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """fp32 that is fp32: cuDNN convolutions and cuBLAS matrix products default to TF32 on
+    Ampere and newer, which would make the "fp32" reference itself a reduced-precision model.
+    The previous settings come back on exit."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def cuda_latency(models: dict[str, Model], x: Tensor, repeats: int,
@@ -107,28 +131,35 @@ class UtilisationSamples:
 
 
 class NvmlSampler:
-    """Sample GPU ``index``'s utilisation every ``period_s`` on a thread while in the block.
+    """Sample CUDA device ``index``'s utilisation every ``period_s`` on a thread while in the
+    block.
 
-    ``available`` is false (and ``reason`` says why) when nvidia-ml-py is not installed or NVML
-    cannot start; the block then runs unsampled.
+    The device is found in NVML by its UUID (NVML numbers GPUs in PCI order and ignores
+    ``CUDA_VISIBLE_DEVICES``). ``available`` is false (and ``reason`` says why) when
+    nvidia-ml-py is not installed, NVML cannot start, or the device does not report
+    utilisation (MIG slices do not); the block then runs unsampled. NVML refreshes its counters
+    every 1/6 to 1 s, so consecutive samples may repeat; memory is the whole device's, every
+    process included.
     """
 
-    def __init__(self, index: int = 0, period_s: float = 0.02) -> None:
+    def __init__(self, index: int = 0, period_s: float = 0.05) -> None:
         self.period_s = period_s
         self.samples = UtilisationSamples()
         self.reason: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._nvml: Any = None
         try:
             import pynvml
 
             pynvml.nvmlInit()
             self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self._handle = _nvml_handle(pynvml, index)
+            pynvml.nvmlDeviceGetUtilizationRates(self._handle)  # MIG raises NotSupported here
         except ImportError:
             self.reason = "nvidia-ml-py (pynvml) is not installed"
         except Exception as exc:  # noqa: BLE001  (NVMLError has many subclasses)
-            self.reason = f"NVML did not start: {exc}"
+            self.reason = f"NVML cannot sample this GPU: {exc}"
 
     @property
     def available(self) -> bool:
@@ -137,8 +168,12 @@ class NvmlSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rates = self._nvml.nvmlDeviceGetUtilizationRates(self._handle)
-            memory = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
+            try:
+                rates = self._nvml.nvmlDeviceGetUtilizationRates(self._handle)
+                memory = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
+            except Exception as exc:  # noqa: BLE001  (NVMLError subclasses)
+                self.reason = f"NVML stopped answering: {exc}"
+                return
             self.samples.utilisation.append(float(rates.gpu))
             self.samples.memory_used_bytes.append(int(memory.used))
             time.sleep(self.period_s)
@@ -153,26 +188,43 @@ class NvmlSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._nvml is not None:
+            self._nvml.nvmlShutdown()
+
+
+def _nvml_handle(pynvml: Any, index: int) -> Any:
+    """NVML's handle of CUDA device ``index``: by UUID where PyTorch reports one."""
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    if uuid is not None:
+        text = str(uuid)
+        return pynvml.nvmlDeviceGetHandleByUUID(text if text.startswith("GPU-") else
+                                                f"GPU-{text}")
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
 
 
 def throughput(model: Model, batch: Tensor, min_seconds: float = 1.0,
                warmup: int = 3) -> dict[str, float]:
-    """Clips per second of ``model`` on ``batch`` ``[B, L]`` run back to back for at least
-    ``min_seconds`` (wall clock around whole synchronized runs), and the peak memory PyTorch's
-    allocator held on the device while it ran."""
+    """Clips per second of ``model`` on ``batch`` ``[B, L]``: calls queued back to back for
+    about ``min_seconds`` and synchronized once (a synchronization per call would serialize the
+    host's launches with the GPU's work), and the most memory PyTorch's allocator held above
+    what was already resident (weights, inputs) while it ran. Memory that a runtime allocates
+    itself (TensorRT, ONNX Runtime) is not seen by PyTorch's allocator."""
     with torch.inference_mode():
         for _ in range(warmup):
             model(batch)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        runs, start = 0, time.perf_counter()
-        while True:
+        resident = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        model(batch)
+        torch.cuda.synchronize()
+        one = max(time.perf_counter() - start, 1e-6)
+        runs = max(3, int(min_seconds / one))
+        start = time.perf_counter()
+        for _ in range(runs):
             model(batch)
-            runs += 1
-            torch.cuda.synchronize()
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                break
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
     return {"rps": round(runs * batch.shape[0] / elapsed, 2), "runs": runs,
             "seconds": round(elapsed, 3),
-            "peak_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+            "peak_working_mib": round((torch.cuda.max_memory_allocated() - resident) / 2**20, 1)}

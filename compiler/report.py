@@ -296,11 +296,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"# secompile report: {model['name']}",
         "",
         (f"Created {report['created']} on {report['machine']['cpu']} "
-         f"({report['machine']['cores']} cores), {base.get('threads', '?')} thread(s), "
-         f"secompile {report['secompile']}."),
+         f"({report['machine']['cores']} cores), "
+         + (f"{base['threads']} thread(s), " if base.get("threads") else "")
+         + f"secompile {report['secompile']}."),
         "",
         (f"Baseline: PyTorch fp32 eager, p50 {_fmt(base['latency_ms'].get('p50'), '.2f')} ms "
-         "per 1 s of audio."),
+         "per 1 s of audio." if base["latency_ms"].get("p50") is not None else
+         "Baseline: PyTorch fp32 eager, timed per target below where a target was timed (on "
+         "its own hardware)."),
         "",
         ("| target | speedup (1 s) | speedup (10 s) | throughput × | size × | memory × "
          "| ΔSI-SDR dB | ΔPESQ | ΔESTOI |"),
@@ -432,7 +435,7 @@ def _gpu_markdown(gpu: dict[str, Any]) -> list[str]:
         lines.append(f"| {name} | {_fmt(latency['p50'], '.3f')} | {_fmt(latency['p99'], '.3f')} | "
                      + " | ".join(_fmt((rows.get(str(b)) or {}).get("rps"), '.1f')
                                   for b in batches)
-                     + f" | {_fmt(largest.get('peak_allocated_mib'), '.1f')} | {_fmt(util)} |")
+                     + f" | {_fmt(largest.get('peak_working_mib'), '.1f')} | {_fmt(util)} |")
     for name, why in measured.get("not_measured", {}).items():
         lines.append(f"\nNot measured: {name}: {why}.")
     return lines

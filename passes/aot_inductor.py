@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import torch
 from compiler.artifact import Artifact
 from compiler.context import PassContext
 from compiler.errors import PassError, TargetError
+from compiler.gpu_runtime import strict_fp32
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 from compiler.torch_export import (
     PRECISIONS,
@@ -111,7 +113,8 @@ class AotInductor(Pass):
         package = HopPadded(torch._inductor.aoti_load_package(str(path)), shapes.hop)
         reference = copy.deepcopy(artifact.module).to(cfg.device).eval()
         checks = []
-        with torch.inference_mode():
+        strict = strict_fp32() if cfg.device == "cuda" else contextlib.nullcontext()
+        with strict, torch.inference_mode():
             for x in parity_inputs(ctx, shapes, cfg.device):
                 db, max_abs = agreement(reference(x), package(x))
                 checks.append({"shape": list(x.shape), "agreement_db": round(db, 2),

@@ -19,6 +19,7 @@ from compiler.gpu_runtime import (
     Model,
     NvmlSampler,
     cuda_latency,
+    strict_fp32,
     throughput,
 )
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
@@ -153,40 +154,53 @@ class ValidateGpu(Pass):
         audio = [p.noisy for p in pairs] or [np.asarray(ctx.parity_audio)[0]]
         clip = torch.from_numpy(looped_clip(audio, int(cfg.clip_seconds * rate))).to("cuda")
         models: dict[str, Model] = {"fp32-eager": baseline, **found}
-        graph_note = self._add_cuda_graph(models, found, clip, cfg)
-        latency = cuda_latency(models, clip, cfg.repeats)
-        metrics: dict[str, Any] = {
-            "device": {"name": device.name, "capability": ".".join(map(str, device.capability)),
-                       "memory_gib": round(device.memory_bytes / 2**30, 1),
-                       "torch": torch.__version__, "cuda": torch.version.cuda},
-            "artifacts": sorted(found), "not_measured": missing, "cuda_graph": graph_note,
-            "latency_ms": {name: s.summary() for name, s in latency.items()},
-            "clip_seconds": cfg.clip_seconds,
-        }
-        metrics["throughput"] = self._throughput(models, clip, cfg)
-        primary = next(iter(found), None)
-        if cfg.quality and pairs and found:
-            metrics["quality_by_artifact"] = {
-                name: summarize([score_pair(p.name, p.noisy, p.clean, rate,
-                                            DeviceRunner(baseline, "cuda"),
-                                            DeviceRunner(model, "cuda")) for p in pairs])
-                for name, model in found.items()}
-        metrics.update(self._summary(metrics, primary))
+        with strict_fp32():  # the reference is fp32, not TF32
+            metrics = self._measure(models, found, ctx, hop, clip, cfg)
+            metrics["not_measured"] = missing
+            if cfg.quality and pairs and found:
+                metrics["quality_by_artifact"] = {
+                    name: {**summarize([score_pair(p.name, p.noisy, p.clean, rate,
+                                                   DeviceRunner(baseline, "cuda"),
+                                                   DeviceRunner(model, "cuda")) for p in pairs]),
+                           "eval_set": str(ctx.evaluation.root),
+                           "execution": {"executor": "serial", "tasks": 1, "device": "cuda"}}
+                    for name, model in found.items()}
+        metrics["device"] = {"name": device.name, "capability": ".".join(map(str,
+                                                                             device.capability)),
+                             "memory_gib": round(device.memory_bytes / 2**30, 1),
+                             "torch": torch.__version__, "cuda": torch.version.cuda,
+                             "tf32": "off for every measurement"}
+        metrics.update(self._summary(metrics, next(iter(found), None)))
         return PassResult(artifact, False, metrics)
 
+    def _measure(self, models: dict[str, Model], found: dict[str, Model], ctx: PassContext,
+                 hop: int, clip: torch.Tensor, cfg: ValidateGpuConfig) -> dict[str, Any]:
+        """Latency of every model (and of the CUDA-graph replay) and throughput per batch."""
+        graph_note = self._add_cuda_graph(models, ctx, hop, clip, cfg)
+        latency = cuda_latency(models, clip, cfg.repeats)
+        return {
+            "artifacts": sorted(found), "cuda_graph": graph_note,
+            "latency_ms": {name: stats.summary() for name, stats in latency.items()},
+            "clip_seconds": cfg.clip_seconds,
+            "throughput": self._throughput(models, clip, cfg),
+        }
+
     @staticmethod
-    def _add_cuda_graph(models: dict[str, Model], found: dict[str, Model], clip: torch.Tensor,
-                        cfg: ValidateGpuConfig) -> dict[str, Any]:
-        if not cfg.cuda_graph or "aot-inductor" not in found:
+    def _add_cuda_graph(models: dict[str, Model], ctx: PassContext, hop: int,
+                        clip: torch.Tensor, cfg: ValidateGpuConfig) -> dict[str, Any]:
+        if not cfg.cuda_graph or AOTI_FILE not in ctx.outputs:
             return {"captured": False, "why": "off" if not cfg.cuda_graph else
                     "no AOTInductor package"}
+        # a second instance in single-threaded mode: the default container polls CUDA events
+        single = HopPadded(torch._inductor.aoti_load_package(
+            str(ctx.outputs[AOTI_FILE]), run_single_threaded=True), hop)
         x = clip[None, :] if clip.dim() == 1 else clip
         try:
-            graph = CudaGraphRunner(found["aot-inductor"], x)
+            graph = CudaGraphRunner(single, x)
         except RuntimeError as exc:
-            return {"captured": False, "why": f"capture failed: {str(exc).splitlines()[0]}"}
+            return {"captured": False, "why": str(exc)}
         with torch.inference_mode():
-            max_abs = float((graph(x) - found["aot-inductor"](x)).abs().max())
+            max_abs = float((graph(x) - models["aot-inductor"](x)).abs().max())
         models["aot-inductor+cuda-graph"] = graph
         return {"captured": True, "shape": list(x.shape), "max_abs_vs_plain_call": max_abs}
 
@@ -201,13 +215,16 @@ class ValidateGpu(Pass):
             rows[name] = {}
             for size in cfg.batches:
                 batch = clip.reshape(1, -1).repeat(size, 1)
-                if size == largest:
-                    with NvmlSampler() as sampler:
+                try:
+                    if size == largest:
+                        with NvmlSampler() as sampler:
+                            row = throughput(model, batch, cfg.throughput_seconds)
+                        row["gpu_utilisation"] = (sampler.samples.summary() if sampler.available
+                                                  else {"samples": 0, "why": sampler.reason})
+                    else:
                         row = throughput(model, batch, cfg.throughput_seconds)
-                    row["gpu_utilisation"] = (sampler.samples.summary() if sampler.available
-                                              else {"samples": 0, "why": sampler.reason})
-                else:
-                    row = throughput(model, batch, cfg.throughput_seconds)
+                except (RuntimeError, AssertionError, ValueError) as exc:  # e.g. beyond max_batch
+                    row = {"error": str(exc).splitlines()[0]}
                 rows[name][str(size)] = row
         return rows
 
@@ -217,7 +234,13 @@ class ValidateGpu(Pass):
         if primary is None:
             return {"primary": None}
         latency = metrics["latency_ms"]
-        largest = max(metrics["throughput"][primary], key=int)
+        sizes = [b for b, row in metrics["throughput"][primary].items()
+                 if "rps" in row and "rps" in metrics["throughput"]["fp32-eager"].get(b, {})]
+        if not sizes:
+            return {"primary": primary,
+                    "speedup": _ratio(latency["fp32-eager"]["p50"], latency[primary]["p50"]),
+                    "quality": (metrics.get("quality_by_artifact") or {}).get(primary)}
+        largest = max(sizes, key=int)
         rps = {"baseline": metrics["throughput"]["fp32-eager"][largest]["rps"],
                "artifact": metrics["throughput"][primary][largest]["rps"],
                "batch": int(largest), "clip_seconds": metrics["clip_seconds"]}
