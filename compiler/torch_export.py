@@ -23,15 +23,18 @@ spectral model run entirely in fp32. Inputs and outputs are float32 waveforms ``
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from calibration.metrics import si_sdr
+from compiler.passes import PassConfig
 
 if TYPE_CHECKING:
     from compiler.artifact import Artifact
@@ -185,6 +188,29 @@ class ShapeRange:
                 "max_batch": self.max_batch, "length_multiple_of": self.hop}
 
 
+@dataclass(frozen=True)
+class CompiledShapeConfig(PassConfig):
+    """Options shared by the passes that compile an exported program: the accepted input
+    lengths in STFT hops (``opt_frames``: the length to tune for), the largest batch, and the
+    SI-SDR the compiled output must keep against the fp32 eager model on the parity inputs."""
+
+    min_frames: int = 8
+    opt_frames: int = 100
+    max_frames: int = 6000
+    max_batch: int = 32
+    min_agreement_db: float = 30.0
+
+    def check(self) -> None:
+        ShapeRange(1, self.min_frames, self.opt_frames, self.max_frames, self.max_batch)
+        if not self.min_agreement_db > 0:
+            raise ValueError(f"min_agreement_db must be > 0, got {self.min_agreement_db}")
+
+    def shapes(self, artifact: Artifact) -> ShapeRange:
+        """The range for ``artifact`` (:func:`shape_range`)."""
+        return shape_range(artifact, self.min_frames, self.opt_frames, self.max_frames,
+                           self.max_batch)
+
+
 class HopPadded:
     """Call a compiled model on any length: zero-pad ``[B, L]`` to a whole number of hops, run,
     crop back to ``L``. The padding changes only the last hop's reflection padding. The input
@@ -229,6 +255,32 @@ def export_dynamic(model: nn.Module, shapes: ShapeRange,
         return torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=False)
 
 
+def export_program(pass_name: str, module: nn.Module, shapes: ShapeRange, device: str,
+                   precision: str) -> tuple[torch.export.ExportedProgram, int]:
+    """:func:`exportable` then :func:`export_dynamic`; a failure is a ``PassError`` of
+    ``pass_name`` naming the cause. Returns the program and the number of opaque RNNs."""
+    from compiler.errors import PassError
+
+    model, rnns = exportable(module, device, precision)
+    try:
+        return export_dynamic(model, shapes, device), rnns
+    except Exception as exc:  # torch.export raises many types; name the pass and the cause
+        raise PassError(pass_name, f"torch.export failed: {str(exc).splitlines()[0]}") from exc
+
+
+def worst_agreement(pass_name: str, checks: list[dict[str, Any]], floor_db: float,
+                    what: str) -> float:
+    """The lowest agreement of :func:`parity_checks`; a ``PassError`` of ``pass_name`` when it
+    is under ``floor_db`` (``what`` names the artifact and how it was made)."""
+    from compiler.errors import PassError
+
+    worst = min(c["agreement_db"] for c in checks)
+    if not worst >= floor_db:
+        raise PassError(pass_name, f"{what} keeps {worst:.1f} dB SI-SDR against the fp32 "
+                                   f"model; needs >= {floor_db} dB")
+    return worst
+
+
 def shape_range(artifact: Artifact, min_frames: int, opt_frames: int, max_frames: int,
                 max_batch: int) -> ShapeRange:
     """The exported shape contract of ``artifact``: lengths in hops of its STFT (one sample for
@@ -236,6 +288,23 @@ def shape_range(artifact: Artifact, min_frames: int, opt_frames: int, max_frames
     stft = getattr(artifact.module, "stft", None)
     hop = getattr(stft, "hop", None) or (artifact.info.stft or {}).get("hop", 1)
     return ShapeRange(int(hop), min_frames, opt_frames, max_frames, max_batch)
+
+
+def parity_checks(module: nn.Module, compiled: Callable[[Tensor], Tensor], ctx: PassContext,
+                  shapes: ShapeRange, device: str) -> list[dict[str, Any]]:
+    """``compiled`` against a copy of the fp32 ``module`` on ``device`` (TF32 off) on the
+    :func:`parity_inputs`: one row per input with its shape, SI-SDR agreement and max abs."""
+    from compiler.gpu_runtime import strict_fp32
+
+    reference = copy.deepcopy(module).to(device).eval()
+    strict = strict_fp32() if device == "cuda" else contextlib.nullcontext()
+    rows = []
+    with strict, torch.inference_mode():
+        for x in parity_inputs(ctx, shapes, device):
+            db, max_abs = agreement(reference(x), compiled(x))
+            rows.append({"shape": list(x.shape), "agreement_db": round(db, 2),
+                         "max_abs": max_abs})
+    return rows
 
 
 def agreement(reference: torch.Tensor, got: torch.Tensor) -> tuple[float, float]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,18 +10,15 @@ import torch
 
 from compiler.artifact import Artifact
 from compiler.context import PassContext
-from compiler.errors import PassError, TargetError
-from compiler.gpu_runtime import strict_fp32
-from compiler.passes import Pass, PassConfig, PassResult, register_pass
+from compiler.errors import TargetError
+from compiler.passes import Pass, PassResult, register_pass
 from compiler.torch_export import (
     PRECISIONS,
+    CompiledShapeConfig,
     HopPadded,
-    ShapeRange,
-    agreement,
-    export_dynamic,
-    exportable,
-    parity_inputs,
-    shape_range,
+    export_program,
+    parity_checks,
+    worst_agreement,
 )
 
 AOTI_FILE = "model_aoti.pt2"
@@ -31,28 +26,20 @@ DEVICES = ("cuda", "cpu")
 
 
 @dataclass(frozen=True)
-class AotInductorConfig(PassConfig):
-    """Options of ``aot-inductor``: device and precision of the compiled code, the range of
-    input lengths (in STFT hops, ``frames``) and batch sizes it accepts, and the SI-SDR its
-    output must keep against the fp32 eager model on the parity clip."""
+class AotInductorConfig(CompiledShapeConfig):
+    """Options of ``aot-inductor``: device and precision of the compiled code, plus the shape
+    range and agreement floor of :class:`~compiler.torch_export.CompiledShapeConfig`."""
 
     device: str = "cuda"
     precision: str = "fp16"
-    min_frames: int = 8
-    opt_frames: int = 100
-    max_frames: int = 6000
-    max_batch: int = 32
-    min_agreement_db: float = 30.0
 
     def check(self) -> None:
+        super().check()
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got "
                              f"{self.precision!r}")
-        ShapeRange(1, self.min_frames, self.opt_frames, self.max_frames, self.max_batch)
-        if not self.min_agreement_db > 0:
-            raise ValueError(f"min_agreement_db must be > 0, got {self.min_agreement_db}")
 
 
 @register_pass
@@ -96,34 +83,19 @@ class AotInductor(Pass):
         if self.requires_cuda() and not torch.cuda.is_available():
             raise TargetError("aot-inductor with device=cuda needs a CUDA GPU; this machine has "
                               "none (use device=cpu for a CPU package)")
-        shapes = shape_range(artifact, cfg.min_frames, cfg.opt_frames, cfg.max_frames,
-                             cfg.max_batch)
-        model, rnns = exportable(artifact.module, cfg.device, cfg.precision)
+        shapes = cfg.shapes(artifact)
         started = time.perf_counter()
-        try:
-            program = export_dynamic(model, shapes, cfg.device)
-        except Exception as exc:  # torch.export raises many types; name the pass and the cause
-            raise PassError(self.name, f"torch.export failed: {str(exc).splitlines()[0]}") \
-                from exc
+        program, rnns = export_program(self.name, artifact.module, shapes, cfg.device,
+                                       cfg.precision)
         exported = time.perf_counter()
         path = ctx.pass_dir / AOTI_FILE
         with torch.no_grad():
             torch._inductor.aoti_compile_and_package(program, package_path=str(path))
         compiled = time.perf_counter()
         package = HopPadded(torch._inductor.aoti_load_package(str(path)), shapes.hop)
-        reference = copy.deepcopy(artifact.module).to(cfg.device).eval()
-        checks = []
-        strict = strict_fp32() if cfg.device == "cuda" else contextlib.nullcontext()
-        with strict, torch.inference_mode():
-            for x in parity_inputs(ctx, shapes, cfg.device):
-                db, max_abs = agreement(reference(x), package(x))
-                checks.append({"shape": list(x.shape), "agreement_db": round(db, 2),
-                               "max_abs": max_abs})
-        worst = min(c["agreement_db"] for c in checks)
-        if not worst >= cfg.min_agreement_db:
-            raise PassError(self.name, f"{AOTI_FILE} keeps {worst:.1f} dB SI-SDR against the "
-                                       f"fp32 model ({cfg.precision} on {cfg.device}); needs "
-                                       f">= {cfg.min_agreement_db} dB")
+        checks = parity_checks(artifact.module, package, ctx, shapes, cfg.device)
+        worst = worst_agreement(self.name, checks, cfg.min_agreement_db,
+                                f"{AOTI_FILE} ({cfg.precision} on {cfg.device})")
         metrics = {
             "file": AOTI_FILE, "device": cfg.device, "precision": cfg.precision,
             "shapes": shapes.as_dict(), "opaque_rnns": rnns,

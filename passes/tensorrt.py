@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -13,16 +12,13 @@ import torch
 from compiler.artifact import Artifact
 from compiler.context import PassContext
 from compiler.errors import PassError, TargetError
-from compiler.gpu_runtime import strict_fp32
-from compiler.passes import Pass, PassConfig, PassResult, register_pass
+from compiler.passes import Pass, PassResult, register_pass
 from compiler.torch_export import (
+    CompiledShapeConfig,
     HopPadded,
-    ShapeRange,
-    agreement,
-    export_dynamic,
-    exportable,
-    parity_inputs,
-    shape_range,
+    export_program,
+    parity_checks,
+    worst_agreement,
 )
 
 TRT_FILE = "model_trt.ep"
@@ -32,30 +28,26 @@ _STRUCTURAL = {"aten.sym_size", "aten._assert_tensor_metadata",
 
 
 @dataclass(frozen=True)
-class TensorRtConfig(PassConfig):
+class TensorRtConfig(CompiledShapeConfig):
     """Options of ``tensorrt``: precision (taken from the graph: autocast casts in the exported
-    program, Torch-TensorRT's explicit typing), the dynamic shape range (``opt_frames`` is the
-    shape TensorRT tunes for), the smallest block worth an engine, whether a machine without
-    Torch-TensorRT fails the build (``require``) or skips the pass, and the SI-SDR to keep."""
+    program, Torch-TensorRT's explicit typing), the smallest block worth an engine, whether a
+    machine without Torch-TensorRT fails the build (``require``) or skips the pass, plus the
+    shape range (``opt_frames`` is the shape TensorRT tunes for; 20 s at most by default: the
+    engine is built for the largest shape) and agreement floor of
+    :class:`~compiler.torch_export.CompiledShapeConfig`."""
 
     precision: str = "fp16"
-    min_frames: int = 8
-    opt_frames: int = 100
     max_frames: int = 2000
-    max_batch: int = 32
     min_block_size: int = 3
     require: bool = False
-    min_agreement_db: float = 30.0
 
     def check(self) -> None:
+        super().check()
         if self.precision not in TRT_PRECISIONS:
             raise ValueError(f"precision must be one of {TRT_PRECISIONS}, got "
                              f"{self.precision!r}")
-        ShapeRange(1, self.min_frames, self.opt_frames, self.max_frames, self.max_batch)
         if self.min_block_size < 1:
             raise ValueError(f"min_block_size must be >= 1, got {self.min_block_size}")
-        if not self.min_agreement_db > 0:
-            raise ValueError(f"min_agreement_db must be > 0, got {self.min_agreement_db}")
 
 
 def op_name(target: Any) -> str:
@@ -153,16 +145,10 @@ class TensorRt(Pass):
             return PassResult(artifact, False, {"skipped": why})
         if not torch.cuda.is_available():
             raise TargetError("tensorrt needs a CUDA GPU; this machine has none")
-        shapes = shape_range(artifact, cfg.min_frames, cfg.opt_frames, cfg.max_frames,
-                             cfg.max_batch)
-        model, rnns = exportable(artifact.module, "cuda", cfg.precision)
+        shapes = cfg.shapes(artifact)
         started = time.perf_counter()
-        try:
-            program = export_dynamic(model, shapes, "cuda").run_decompositions(
-                _tensorrt_decompositions())
-        except Exception as exc:  # torch.export raises many types; name the pass and the cause
-            raise PassError(self.name, f"torch.export failed: {str(exc).splitlines()[0]}") \
-                from exc
+        program, rnns = export_program(self.name, artifact.module, shapes, "cuda", cfg.precision)
+        program = program.run_decompositions(_tensorrt_decompositions())
         before = count_ops(program.graph)
         spec = torch_tensorrt.Input(
             min_shape=(1, shapes.samples(shapes.min_frames)),
@@ -183,17 +169,8 @@ class TensorRt(Pass):
         torch_tensorrt.save(compiled, str(path), output_format="exported_program",
                             arg_inputs=[spec])
         runner = HopPadded(torch_tensorrt.load(str(path)).module(), shapes.hop)
-        reference = copy.deepcopy(artifact.module).to("cuda").eval()
-        checks = []
-        with strict_fp32(), torch.inference_mode():
-            for x in parity_inputs(ctx, shapes, "cuda"):  # the saved program, two shapes
-                db, max_abs = agreement(reference(x), runner(x))
-                checks.append({"shape": list(x.shape), "agreement_db": round(db, 2),
-                               "max_abs": max_abs})
-        worst = min(c["agreement_db"] for c in checks)
-        if not worst >= cfg.min_agreement_db:
-            raise PassError(self.name, f"{TRT_FILE} keeps {worst:.1f} dB SI-SDR against the "
-                                       f"fp32 model; needs >= {cfg.min_agreement_db} dB")
+        checks = parity_checks(artifact.module, runner, ctx, shapes, "cuda")  # saved program
+        worst = worst_agreement(self.name, checks, cfg.min_agreement_db, TRT_FILE)
         metrics = {
             "file": TRT_FILE, "precision": cfg.precision, "shapes": shapes.as_dict(),
             "opaque_rnns": rnns, "compile_seconds": round(built - started, 2),
