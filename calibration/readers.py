@@ -6,7 +6,7 @@ checks the method, not the inheritance), so this module needs no ONNX Runtime im
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,16 +28,21 @@ def calibration_clips(audio: Sequence[np.ndarray], seconds: float, sample_rate: 
 
 class ClipReader:
     """Feeds each clip ``[1, L]`` once as the model's waveform input (ONNX Runtime's
-    calibration-reader protocol: ``get_next``, iteration, ``rewind``)."""
+    calibration-reader protocol: ``get_next``, iteration, ``rewind``); ``on_clip`` is called
+    after each clip served (a progress bar's ``update``)."""
 
-    def __init__(self, input_name: str, clips: Sequence[np.ndarray]) -> None:
+    def __init__(self, input_name: str, clips: Sequence[np.ndarray],
+                 on_clip: Callable[[], object] | None = None) -> None:
         self.input_name = input_name
         self.clips = list(clips)
+        self.on_clip = on_clip
         self._iterator: Iterator[np.ndarray] = iter(self.clips)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """The next clip as an input feed, or ``None`` when all were served."""
         clip = next(self._iterator, None)
+        if clip is not None and self.on_clip is not None:
+            self.on_clip()
         return None if clip is None else {self.input_name: clip}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:

@@ -1,5 +1,7 @@
 """One build: load the model, validate every target's pipeline, run them, write the outputs.
 
+It writes ``report.json``, ``report.md`` and the self-contained ``report.html`` (charts, the
+profile's bottlenecks, and one clip's spectrograms and audio through every artifact).
 Outputs are assembled in a staging folder next to ``out`` and moved into place only when every
 target succeeded, so a failed or interrupted build leaves no partial artifact behind.
 """
@@ -23,9 +25,11 @@ from compiler.context import PassContext
 from compiler.distributed import make_executor
 from compiler.errors import OutputError
 from compiler.gates import GateCheck, GateError, Gates, check_quality, failed, write_junit
+from compiler.html_report import ReportClip, write_html_report
 from compiler.instruments import DumpInstrument, default_instruments
 from compiler.manager import PassManager, PipelineRun
 from compiler.pipeline import PipelineSpec
+from compiler.progress import on_terminal, silent
 from compiler.report import (
     VALIDATORS,
     build_report,
@@ -59,6 +63,7 @@ class BuildRequest:
     ray: str | None = None  # None/"off": serial; "auto": local Ray if installed; else address
     gates: Gates = field(default_factory=Gates)
     allow_cpu_only: bool = False  # build a target lacking its hardware from its CPU pipeline
+    progress: bool = False  # draw progress bars on stderr (the CLI decides: a terminal, not CI)
 
 
 def check_writable(folder: Path, what: str = "output folder") -> None:
@@ -95,6 +100,38 @@ def _parity_audio(evaluation: PairedFolder | None, calibration: AudioFolder | No
     need = PARITY_SECONDS * rate
     clip = np.tile(clip, -(-need // len(clip)))[:need] if len(clip) < rate else clip[:need]
     return clip[None, :].astype(np.float32)
+
+
+def _profile_entry(path: Path, clip: np.ndarray, rate: int, cache_dir: Path | None
+                   ) -> dict[str, Any]:
+    """Where the artifact's time goes (``compiler.profile``, one thread, 1 s of the parity
+    clip): the bottleneck nodes that add up to over half of it, the top rows and op kinds."""
+    from compiler.profile import machine_peak, profile_onnx
+
+    peak = machine_peak(cache_dir / "machine.json" if cache_dir else None)
+    result = profile_onnx(path, clip[:, :rate], peak, sample_rate=rate, threads=1, runs=3,
+                          repeats=3).to_dict()
+    return {"bottlenecks": result["bottlenecks"], "rows": result["rows"][:10],
+            "by_kind": result["by_kind"][:8], "unit": result["unit"],
+            "audio_seconds": result["audio_seconds"], "notes": result["notes"]}
+
+
+def _report_clip(evaluation: PairedFolder | None, parity: np.ndarray, rate: int,
+                 baseline: Any, runs: dict[str, PipelineRun]) -> ReportClip:
+    """The clip the HTML report plays and draws: the first evaluation file (else the parity
+    clip), at most 4 s, through the fp32 PyTorch model and each target's artifact."""
+    from compiler.runtime import TorchRunner, make_runner
+
+    if evaluation is not None:
+        pair = evaluation.load()[0]
+        name, noisy = pair.name, pair.noisy[: 4 * rate]
+    else:
+        name, noisy = "parity clip", parity[0, : 4 * rate]
+    if len(noisy) < baseline.info.min_samples:
+        noisy = parity[0, : 4 * rate]
+    wav = np.ascontiguousarray(noisy, np.float32)[None, :]
+    return ReportClip(name, rate, wav[0], TorchRunner(baseline.module, 1)(wav)[0],
+                      {t: make_runner(run.artifact, 1)(wav)[0] for t, run in runs.items()})
 
 
 def _commit(staging: Path, out: Path) -> None:
@@ -202,6 +239,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
                     target=target, workdir=Path(work) / target.name, baseline=artifact,
                     parity_audio=parity, evaluation=evaluation, calibration=calibration,
                     threads=request.threads, seed=request.seed, executor=executor,
+                    progress=on_terminal() if request.progress else silent,
                 )
                 run = managers[target.name].run(artifact, ctx)
                 runs[target.name] = run
@@ -224,6 +262,13 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
                 "execution": executor.settings(),
             }
             report = build_report(artifact.info, runs, settings, unvalidated)
+            for target in targets:  # measured CPU builds: where the time goes
+                name, run = target.name, runs[target.name]
+                if (run.artifact.format == "onnx" and name not in unvalidated
+                        and "CPUExecutionProvider" in target.execution_providers
+                        and any(p.name in VALIDATORS for p in managers[name].passes)):
+                    report["targets"][name]["profile"] = _profile_entry(
+                        run.artifact.path, parity, rate, request.cache_dir)
             report["gates"] = {"limits": request.gates.limits(),
                                "checks": {t: [c.as_dict() for c in checks if c.target == t]
                                           for t in runs} if checks else None}
@@ -231,6 +276,8 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
                 _enforce_gates(checks, staging, request.out, report)
             write_json(staging / "report.json", report)
             (staging / "report.md").write_text(render_markdown(report))
+            write_html_report(report, staging / "report.html",
+                              _report_clip(evaluation, parity, rate, artifact, runs))
             _commit(staging, request.out)
         finally:
             executor.close()

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ import click
 
 from compiler.artifact import onnx_props
 from compiler.errors import ModelError, SecompileError
+from compiler.progress import Progress
+from compiler.progress import wanted as progress_wanted
 
 
 def _default_cache_dir() -> Path:
@@ -122,6 +125,7 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
         resample=resample, stream=stream, ray=None if no_ray else ray,
         cache_dir=None if no_cache else (cache_dir or _default_cache_dir()),
         gates=Gates(max_si_sdr_drop, max_pesq_drop), allow_cpu_only=allow_cpu_only,
+        progress=not quiet and progress_wanted(sys.stderr, dict(os.environ)),
     )
     log = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
     report = run_build(request, log)
@@ -345,6 +349,85 @@ def profile_cmd(model_or_artifact: str, weights: Path | None, seconds: float,
     if json_out:
         try:
             json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write {json_out}: {exc.strerror or exc}") from None
+
+
+@main.command("bench")
+@click.argument("artifact")
+@click.option("--model", help="The torch model to compare with (registry name, FILE.py:factory "
+                              "or TorchScript); default: model.source of the build's manifest "
+                              "or report.json beside the artifact.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint for --model.")
+@click.option("--slo-ms", default=100.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="p99 latency objective for the requests/s comparison. 100 ms is 10% of a "
+                   "1 s request: a chunked service stays well inside the ~150 ms one-way "
+                   "delay budget for speech (ITU-T G.114).")
+@click.option("--budget-seconds", default=60.0, show_default=True,
+              type=click.FloatRange(min=1.0),
+              help="Time for the load trials of both sides (40% search each, 20% interleaved "
+                   "confirmation). Model loading, batch-1 timing and the memory probes add to "
+                   "it, and so may a side that has not met the SLO yet (up to 3x its share: "
+                   "0 requests/s is never a budget artefact) or a backed-off confirmation.")
+@click.option("--cores", type=click.IntRange(1, 256),
+              help="Cores the server may use: workers x threads per worker never exceed it "
+                   "[default: the CPUs this process may run on].")
+@click.option("--request-seconds", default=1.0, show_default=True,
+              type=click.FloatRange(0.05, 60), help="Length of each request's audio.")
+@click.option("--audio", type=click.Path(path_type=Path),
+              help="Requests are this wav, looped (default: the project's noisy demo clip).")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Intra-op threads for the batch-1 latency and the memory probe (as build).")
+@click.option("--repeats", default=30, show_default=True, type=click.IntRange(1, 10000),
+              help="Batch-1 latency runs per side.")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Largest dynamic batch searched (powers of two up to it).")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0),
+              help="How long a worker waits to fill a batch [default: 10% of the SLO].")
+@click.option("--json", "json_out", type=click.Path(path_type=Path),
+              help="Write every measurement (trials included) as JSON.")
+@click.option("--verbose", is_flag=True, help="One line per trial on stderr.")
+@_guarded
+def bench_cmd(artifact: str, model: str | None, weights: Path | None, slo_ms: float,
+              budget_seconds: float, cores: int | None, request_seconds: float,
+              audio: Path | None, threads: int, repeats: int, max_batch: int,
+              max_wait_ms: float | None, json_out: Path | None, verbose: bool) -> None:
+    """Serve ARTIFACT (an .onnx file or build folder) and the torch eager model it was built
+    from side by side: batch-1 latency p50/p90/p99 and real-time factor, the serving
+    configuration with the most requests/s at p99 <= --slo-ms (found by measured search over
+    thread splits and dynamic batch sizes under Poisson load), and peak RSS."""
+    from compiler.artifact import find_artifact
+    from compiler.bench import BenchOptions, baseline_source, bench_artifact, render_table
+    from compiler.errors import OutputError
+    from compiler.timing import available_cpus
+
+    path = find_artifact(artifact)
+    if path is None:
+        raise ModelError(f"{artifact} is not an ONNX artifact or a build folder (bench compares "
+                         "an artifact with the model it was built from)")
+    source = baseline_source(path, model, weights)
+    batches = tuple(b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= max_batch)
+    options = BenchOptions(slo_ms=slo_ms, budget_s=budget_seconds,
+                           cores=cores or available_cpus(), request_seconds=request_seconds,
+                           threads=threads, repeats=repeats, batches=batches,
+                           max_wait_ms=max_wait_ms)
+    if verbose:
+        result = bench_artifact(path, source, options, audio,
+                                lambda line: click.echo(line, err=True))
+    else:  # on a terminal a bar of the trial budget; in CI logs and pipes nothing
+        bar = Progress(round(budget_seconds), "bench: load trials (s of budget)",
+                       enabled=progress_wanted(sys.stderr, dict(os.environ)))
+        started = time.perf_counter()
+
+        def tick(_: str) -> None:
+            bar.update(max(0, min(round(time.perf_counter() - started), bar.total) - bar.done))
+
+        with bar:
+            result = bench_artifact(path, source, options, audio, tick)
+    click.echo(render_table(result), nl=False)
+    if json_out:
+        try:
+            json_out.write_text(json.dumps(result, indent=2) + "\n")
         except OSError as exc:
             raise OutputError(f"cannot write {json_out}: {exc.strerror or exc}") from None
 

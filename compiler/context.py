@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compiler.distributed import Executor, SerialExecutor
+from compiler.progress import ProgressFactory, silent
 
 if TYPE_CHECKING:
     from calibration.datasets import AudioFolder, PairedFolder
@@ -25,6 +26,7 @@ class PassContext:
     ``PassResult.files`` entry, e.g. ``model_stream.onnx``) to where it is, fresh or cached; the
     manager fills it, later passes read it. ``executor`` is where independent work such as
     scoring evaluation files may run (in process, or on Ray); results never depend on it.
+    ``progress`` makes progress bars for long loops (silent unless the CLI runs on a terminal).
     """
 
     target: Target
@@ -40,6 +42,7 @@ class PassContext:
     outputs: dict[str, Path] = field(default_factory=dict)
     executor: Executor = field(default_factory=SerialExecutor)
     pass_dir: Path | None = None
+    progress: ProgressFactory = silent
 
     def with_pass_dir(self, index: int, pass_name: str) -> PassContext:
         """A copy whose ``pass_dir`` is a fresh scratch folder for the ``index``-th pass."""

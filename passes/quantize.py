@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,8 +178,9 @@ class Quantize(Pass):
         clips = calibration_clips(ctx.calibration.load(), cfg.calibration_seconds, rate,
                                   cfg.calibration_clips)
         input_name = artifact.metadata.get("input", "noisy")
-        settings = StaticSettings(ClipReader(input_name, clips), cfg.method, cfg.per_channel,
-                                  cfg.symmetric_activations, layout,
+        calibrating = ctx.progress(len(clips), "quantize: calibration clips")
+        settings = StaticSettings(ClipReader(input_name, clips, calibrating.update), cfg.method,
+                                  cfg.per_channel, cfg.symmetric_activations, layout,
                                   ctx.pass_dir / "calibration_ranges.json")
         metrics: dict[str, Any] = {
             "cpu": {"kernel": detect().int8_kernel(), "flags": sorted(detect().flags)},
@@ -200,13 +202,16 @@ class Quantize(Pass):
             return path
 
         fp32_bytes = artifact.path.stat().st_size
-        all_int8 = build(plan)
+        all_int8 = build(plan)  # calibrates: the ranges are cached for every later plan
+        calibrating.close()
         best_case = fp32_bytes / all_int8.stat().st_size  # falling back only adds bytes
         if best_case < cfg.min_size_reduction:
             return _keep_fp32(artifact, metrics, (
                 f"even the plan with every layer quantized is only {best_case:.2f}x smaller "
                 f"(shipping needs >= {cfg.min_size_reduction}x)"))
-        alone = self._sensitivity(layers, plan, build, fidelity)
+        tested = [layer for layer in layers if plan[layer.name] != "fp32"]
+        with ctx.progress(len(tested), "quantize: per-layer sensitivity") as bar:
+            alone = self._sensitivity(tested, plan, build, fidelity, bar.update)
         plan, final, scores, fallbacks = self._fall_back(layers, plan, all_int8, alone, build,
                                                          fidelity, cfg.min_fidelity_db)
         metrics["layers"] = [
@@ -256,14 +261,13 @@ class Quantize(Pass):
 
     @staticmethod
     def _sensitivity(layers: list[Layer], plan: dict[str, str], build: Any,
-                     fidelity: _Fidelity) -> dict[str, float]:
-        """Worst-clip fidelity with each layer alone at its planned tier."""
+                     fidelity: _Fidelity, done: Callable[[], object]) -> dict[str, float]:
+        """Worst-clip fidelity with each of ``layers`` alone at its planned tier."""
         alone = {}
         for layer in layers:
-            if plan[layer.name] == "fp32":
-                continue
             single = {name: "fp32" for name in plan} | {layer.name: plan[layer.name]}
             alone[layer.name] = min(fidelity(build(single)))
+            done()
         return alone
 
     @staticmethod

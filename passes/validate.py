@@ -122,7 +122,8 @@ class Validate(Pass):
         audio = [p.noisy for p in pairs] or [ctx.parity_audio[0]]
         metrics: dict[str, Any] = {"threads": ctx.threads}
         if cfg.speed:
-            metrics.update(self._speed(baseline, candidate, audio, rate, cfg))
+            with ctx.progress(3, "validate: timing (1 s, 10 s, batch)") as bar:
+                metrics.update(self._speed(baseline, candidate, audio, rate, cfg, bar.update))
         metrics["size_bytes"] = {
             "baseline": _state_dict_bytes(ctx.baseline.module),
             "artifact": artifact.size_bytes() if artifact.path else _state_dict_bytes(
@@ -164,7 +165,7 @@ class Validate(Pass):
 
     def _speed(
         self, baseline: Runner, candidate: Runner, audio: list[np.ndarray], rate: int,
-        cfg: ValidateConfig,
+        cfg: ValidateConfig, done: Any = lambda: None,
     ) -> dict[str, Any]:
         out: dict[str, Any] = {"latency_ms": {}}
         noisy_blocks = loaded_blocks = 0
@@ -179,6 +180,7 @@ class Validate(Pass):
             out["latency_ms"][label] = {k: s.summary() for k, s in timed.stats.items()}
             out["speedup" if label == "1s" else "speedup_10s"] = round(
                 timed.p50_ratio("baseline", "artifact"), 3)
+            done()
         batch = np.repeat(looped_clip(audio, rate), cfg.batch, axis=0)
         timed = measure_interleaved(
             {"baseline": lambda: baseline(batch), "artifact": lambda: candidate(batch)},
@@ -189,6 +191,7 @@ class Validate(Pass):
         rps = {k: round(cfg.batch / (s.percentile(50) / 1e3), 2) for k, s in timed.stats.items()}
         out["throughput_rps"] = {**rps, "batch": cfg.batch, "clip_seconds": 1}
         out["throughput_speedup"] = _ratio(rps["artifact"], rps["baseline"])
+        done()
         out["timing"] = {"blocks_rerun_for_outside_load": noisy_blocks,
                          "blocks_measured_under_outside_load": loaded_blocks}
         return out
@@ -216,8 +219,9 @@ class Validate(Pass):
         spread = (sum(durations) >= cfg.distribute_min_seconds and len(pairs) > 1
                   and artifact.format == "onnx" and executor.workers > 1)
         if not spread:
+            scoring = ctx.progress(len(pairs), "validate: scoring evaluation pairs")
             rows = [score_pair(p.name, p.noisy, p.clean, rate, baseline, candidate)
-                    for p in pairs]
+                    for p in scoring.wrap(pairs)]
             return {**summarize(rows), "execution": {"executor": "serial", "tasks": 1}}
         root = evaluation.root.resolve()  # workers may run in another working directory
         files = [(p.name, str(root / "noisy" / p.name), str(root / "clean" / p.name))
