@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -426,15 +424,12 @@ def _torch_factory(module: Any) -> RunnerFactory:
 def fresh_process_rss(args: list[str], threads: int, sample_rate: int,
                       seconds: float) -> dict[str, Any]:
     """Peak RSS (MiB) of a fresh ``compiler.rss_probe`` process, or the reason it failed."""
-    from compiler.versions import ROOT
+    from compiler.rss_probe import ProbeError, probe_peak_rss
 
-    command = [sys.executable, "-m", "compiler.rss_probe", *args, "--threads", str(threads),
-               "--sample-rate", str(sample_rate), "--seconds", str(seconds)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"peak_rss_mb": None, "error": f"memory probe failed: {tail}"}
-    return {"peak_rss_mb": float(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"])}
+    try:
+        return {"peak_rss_mb": probe_peak_rss(args, threads, sample_rate, seconds)}
+    except ProbeError as exc:
+        return {"peak_rss_mb": None, "error": f"memory probe failed: {exc}"}
 
 
 def load_request_clip(sample_rate: int, seconds: float, min_samples: int,

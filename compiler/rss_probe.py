@@ -9,6 +9,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+
+
+class ProbeError(RuntimeError):
+    """The probe process failed; the message is its last line of stderr."""
+
+
+def probe_peak_rss(args: list[str], threads: int, sample_rate: int,
+                   seconds: float = 10.0) -> float:
+    """Peak RSS (MiB) of a fresh probe process run with ``args`` (``["onnx", PATH]`` or
+    ``["torch", MODEL_REF, WEIGHTS?]``); :class:`ProbeError` when it fails."""
+    from compiler.versions import ROOT
+
+    command = [sys.executable, "-m", "compiler.rss_probe", *args, "--threads", str(threads),
+               "--sample-rate", str(sample_rate), "--seconds", str(seconds)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise ProbeError((done.stderr.strip().splitlines() or ["no output"])[-1])
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"])
 
 
 def main() -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +14,7 @@ from compiler.artifact import Artifact
 from compiler.context import PassContext
 from compiler.errors import PassError
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
+from compiler.rss_probe import ProbeError, probe_peak_rss
 from compiler.runtime import Runner, TorchRunner, make_runner
 from compiler.scoring import AudioRules, score_on, score_pair, summarize
 from compiler.streaming import (
@@ -27,7 +25,7 @@ from compiler.streaming import (
     within_tolerance,
 )
 from compiler.timing import measure_interleaved
-from compiler.versions import ROOT, machine_info
+from compiler.versions import machine_info
 
 
 @dataclass(frozen=True)
@@ -64,13 +62,10 @@ def _state_dict_bytes(module: Any) -> int:
 
 
 def _fresh_process_rss(args: list[str], threads: int, sample_rate: int) -> float:
-    command = [sys.executable, "-m", "compiler.rss_probe", *args, "--threads", str(threads),
-               "--sample-rate", str(sample_rate)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise PassError("validate", f"memory probe failed: {tail}")
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+    try:
+        return probe_peak_rss(args, threads, sample_rate)
+    except ProbeError as exc:
+        raise PassError("validate", f"memory probe failed: {exc}") from None
 
 
 def _ratio(numerator: float, denominator: float) -> float:

@@ -4,9 +4,6 @@ absolute time (these machines are shared and noisy)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +14,9 @@ import torch
 from calibration.audio import looped_clip, read_audio
 from compiler.artifact import file_sha256
 from compiler.build import BuildRequest, run_build
+from compiler.rss_probe import probe_peak_rss
 from compiler.runtime import OrtRunner, TorchRunner
 from compiler.timing import measure_interleaved
-from compiler.versions import ROOT
 from models.registry import DEMO_DIR, load_model
 
 FAST = "fuse-conv-bn,merge-grouped-gru,export-onnx"
@@ -73,12 +70,8 @@ def test_throughput_improvement(built: Path) -> None:
 def test_memory_efficiency(built: Path) -> None:
     """A fresh process serving the artifact (ONNX Runtime only) peaks at < 0.7 x the RSS of one
     serving the PyTorch model, on the same 10 s of audio."""
-    def peak(*args: str) -> float:
-        done = subprocess.run([sys.executable, "-m", "compiler.rss_probe", *args],
-                              capture_output=True, text=True, cwd=ROOT, check=True)
-        return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"]
-
-    assert peak("onnx", str(built)) < 0.7 * peak("torch", "default")
+    artifact = probe_peak_rss(["onnx", str(built)], 1, RATE)
+    assert artifact < 0.7 * probe_peak_rss(["torch", "default"], 1, RATE)
 
 
 @pytest.mark.gpu
