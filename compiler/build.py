@@ -116,6 +116,16 @@ def _profile_entry(path: Path, clip: np.ndarray, rate: int, cache_dir: Path | No
             "audio_seconds": result["audio_seconds"], "notes": result["notes"]}
 
 
+def _diagnostic(make: Callable[[], Any], log: Callable[[str], None], what: str) -> Any:
+    """``make()``, or ``{"error": ...}`` with a warning: a report's diagnostic section (the
+    profile, the listening clip) must never cost a build whose artifacts are good."""
+    try:
+        return make()
+    except Exception as exc:  # noqa: BLE001  (any failure of a diagnostic is reported, not fatal)
+        log(f"  warning: {what} not added to the report: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def _report_clip(evaluation: PairedFolder | None, parity: np.ndarray, rate: int,
                  baseline: Any, runs: dict[str, PipelineRun]) -> ReportClip:
     """The clip the HTML report plays and draws: the first evaluation file (else the parity
@@ -262,22 +272,25 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
                 "execution": executor.settings(),
             }
             report = build_report(artifact.info, runs, settings, unvalidated)
-            for target in targets:  # measured CPU builds: where the time goes
-                name, run = target.name, runs[target.name]
-                if (run.artifact.format == "onnx" and name not in unvalidated
-                        and "CPUExecutionProvider" in target.execution_providers
-                        and any(p.name in VALIDATORS for p in managers[name].passes)):
-                    report["targets"][name]["profile"] = _profile_entry(
-                        run.artifact.path, parity, rate, request.cache_dir)
             report["gates"] = {"limits": request.gates.limits(),
                                "checks": {t: [c.as_dict() for c in checks if c.target == t]
                                           for t in runs} if checks else None}
             if checks:
                 _enforce_gates(checks, staging, request.out, report)
+            for target in targets:  # timed CPU builds: where the time goes
+                name, run = target.name, runs[target.name]
+                if (run.artifact.format == "onnx" and name not in unvalidated
+                        and "CPUExecutionProvider" in target.execution_providers
+                        and run.metrics_of("validate").get("latency_ms")):
+                    report["targets"][name]["profile"] = _diagnostic(
+                        lambda r=run: _profile_entry(r.artifact.path, parity, rate,
+                                                     request.cache_dir), log, "profile")
             write_json(staging / "report.json", report)
             (staging / "report.md").write_text(render_markdown(report))
+            clip = _diagnostic(lambda: _report_clip(evaluation, parity, rate, artifact, runs),
+                               log, "report.html clip")
             write_html_report(report, staging / "report.html",
-                              _report_clip(evaluation, parity, rate, artifact, runs))
+                              None if isinstance(clip, dict) else clip)
             _commit(staging, request.out)
         finally:
             executor.close()

@@ -177,23 +177,30 @@ class BatchingServer:
             self._run(runner, batch)
 
     def _run(self, runner: Runner, batch: list[Request]) -> None:
-        self.batch_sizes.append(len(batch))
+        taken = len(batch)
         try:
-            out = np.asarray(runner(np.stack([r.wav for r in batch])))
-            if out.shape[0] != len(batch):
-                raise RuntimeError(f"the model returned {out.shape[0]} rows for a batch of "
-                                   f"{len(batch)}")
-        except Exception as exc:  # noqa: BLE001  (handed to every caller of the batch)
-            now = time.perf_counter()
-            for request in batch:
-                request.finished = now
-                request.future.set_exception(exc)
-        else:
-            now = time.perf_counter()
-            for request, row in zip(batch, out, strict=True):
-                request.finished = now
-                request.future.set_result(row)
-        self._finish(len(batch))
+            # a request its caller cancelled is dropped here; the others run
+            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            if not batch:
+                return
+            self.batch_sizes.append(len(batch))
+            try:
+                out = np.asarray(runner(np.stack([r.wav for r in batch])))
+                if out.shape[0] != len(batch):
+                    raise RuntimeError(f"the model returned {out.shape[0]} rows for a batch of "
+                                       f"{len(batch)}")
+            except Exception as exc:  # noqa: BLE001  (handed to every caller of the batch)
+                now = time.perf_counter()
+                for request in batch:
+                    request.finished = now
+                    request.future.set_exception(exc)
+            else:
+                now = time.perf_counter()
+                for request, row in zip(batch, out, strict=True):
+                    request.finished = now
+                    request.future.set_result(row)
+        finally:  # the pending count must reach zero whatever happened
+            self._finish(taken)
 
 
 # ------------------------------------------------------------------------------------- load

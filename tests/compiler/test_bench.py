@@ -82,6 +82,17 @@ def test_model_errors_reach_every_request_of_the_batch() -> None:
                 r.future.result(timeout=10)
 
 
+def test_a_cancelled_request_is_dropped_and_the_worker_lives_on() -> None:
+    model = Recorder(base_s=0.05)
+    with BatchingServer([model], max_batch=1, queue_size=8) as server:
+        requests = [server.submit(_clip(i)) for i in range(4)]
+        assert requests[3].future.cancel()  # still queued behind three 50 ms calls
+        assert [float(r.future.result(timeout=10)[0]) for r in requests[:3]] == [0.0, 2.0, 4.0]
+        assert server.wait_idle(timeout=10)
+        assert float(server.submit(_clip(5)).future.result(timeout=10)[0]) == 10.0
+    assert sum(model.sizes) == 4  # the cancelled request never reached the model
+
+
 def test_bounded_queue_throttles_the_client_and_loses_nothing() -> None:
     model = Recorder(base_s=0.01)
     with BatchingServer([model], max_batch=1, queue_size=2) as server:
