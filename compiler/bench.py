@@ -149,11 +149,10 @@ OUTSIDE_LOAD_LIMIT = 0.12  # share of the CPU other processes may take during a 
 OUTSIDE_LOAD_RETRIES = 2
 
 
-def _trial_seconds(rate: float, base_s: float) -> float:
+def _trial_seconds(rate: float) -> float:
     """A trial of :data:`TRIAL_REQUESTS` requests at ``rate``, whatever the side: a p99 from
     fewer requests is biased low, so a slower side given fewer requests per trial would be
-    judged more leniently (``base_s`` is kept for the signature)."""
-    del base_s
+    judged more leniently."""
     return TRIAL_REQUESTS / max(rate, 1e-9)
 
 
@@ -184,11 +183,13 @@ def search_best(
        lowest failing rate until they are within 8%; a configuration failing at 2% of its
        capacity is infeasible.
 
-    ``max_wait_ms`` (the batching wait) defaults to 10% of the SLO. Trials run ``trial_s``
-    seconds (default: from the budget, 0.3-2 s), longer at low rates for ~50 requests. The
-    budget is checked before each trial, but until some trial passes the search goes on up to
-    3x the budget (failing trials stop early, so this is cheap): a side reads 0 requests/s
-    only when no rate down to 2% of a configuration's capacity met the SLO.
+    ``max_wait_ms`` (the batching wait) defaults to 10% of the SLO. Every trial offers
+    :data:`TRIAL_REQUESTS` requests, so its length follows from the rate; ``trial_s`` (default:
+    from the budget, 0.3-2 s) is only the estimate of a trial's length used to decide whether
+    another configuration fits the budget. The budget is checked before each trial, but until
+    some trial passes the search goes on up to 3x the budget (failing trials stop early, so
+    this is cheap): a side reads 0 requests/s only when no rate down to 2% of a
+    configuration's capacity met the SLO.
     """
     t_start = time.perf_counter()
     deadline = t_start + budget_s
@@ -290,7 +291,7 @@ def _search_rate(factory: RunnerFactory, clip: np.ndarray, config: ServeConfig,
     rate = 0.7 * capacity
     with BatchingServer(runners, config.max_batch, config.max_wait_ms, queue_size) as server:
         for _ in range(max_trials):
-            duration = _trial_seconds(rate, base_s)
+            duration = _trial_seconds(rate)
             deadline = deadlines[0] if side_passed or best is not None else deadlines[1]
             if trials and time.perf_counter() + duration > deadline:
                 break
@@ -327,7 +328,7 @@ def _search_rate(factory: RunnerFactory, clip: np.ndarray, config: ServeConfig,
 
 
 def confirm(sides: dict[str, tuple[RunnerFactory, ServeConfig, float]], clip: np.ndarray,
-            slo_ms: float, rounds: int, duration_s: float, queue_size: int = 64,
+            slo_ms: float, rounds: int, queue_size: int = 64,
             seed: int = 1000, log: Log = _quiet) -> dict[str, list[LoadResult]]:
     """Re-run each side's best configuration at its found rate ``rounds`` times, the sides
     interleaved (A, B, A, B...) so a slow period of the machine hits both alike."""
@@ -345,7 +346,7 @@ def confirm(sides: dict[str, tuple[RunnerFactory, ServeConfig, float]], clip: np
             for name in names:
                 _, config, rate = sides[name]
                 result = _measured_load(servers[name], clip, rate,
-                                        _trial_seconds(rate, duration_s), seed + r, slo_ms)
+                                        _trial_seconds(rate), seed + r, slo_ms)
                 results[name].append(result)
                 log(f"  confirm {name} {config.label}: offered {rate:.1f} rps -> "
                     f"{result.achieved_rps:.1f} rps, p99 {_ms(result)}, "
@@ -559,14 +560,12 @@ def _confirm_with_backoff(found: dict[str, tuple[RunnerFactory, ServeConfig, flo
     history: dict[str, list[tuple[float, list[LoadResult]]]] = {name: [] for name in found}
     if not found or options.confirm_rounds < 1:
         return history
-    duration = min(max(options.budget_s * 0.2 / (len(found) * options.confirm_rounds), 0.3),
-                   5.0)
     pending = dict(found)
     scales = (1.0, 0.9, 0.8)
     for attempt, scale in enumerate(scales):
         log(f"confirm {', '.join(pending)} interleaved ({options.confirm_rounds} rounds"
             f"{f', backed off to {scale:.0%}' if attempt else ''})")
-        runs = confirm(pending, clip, options.slo_ms, options.confirm_rounds, duration,
+        runs = confirm(pending, clip, options.slo_ms, options.confirm_rounds,
                        options.queue_size, seed=1000 + 100 * attempt, log=log)
         retry = {}
         for name, results in runs.items():

@@ -365,10 +365,11 @@ def profile_cmd(model_or_artifact: str, weights: Path | None, seconds: float,
                    "delay budget for speech (ITU-T G.114).")
 @click.option("--budget-seconds", default=60.0, show_default=True,
               type=click.FloatRange(min=1.0),
-              help="Time for the load trials of both sides (40% search each, 20% interleaved "
-                   "confirmation). Model loading, batch-1 timing and the memory probes add to "
-                   "it, and so may a side that has not met the SLO yet (up to 3x its share: "
-                   "0 requests/s is never a budget artefact) or a backed-off confirmation.")
+              help="Time for the searches of both sides (40% each). The interleaved "
+                   "confirmation re-runs (200 requests per side per round), model loading, "
+                   "batch-1 timing and the memory probes add to it, and so may a side that has "
+                   "not met the SLO yet (up to 3x its share: 0 requests/s is never a budget "
+                   "artefact) or a backed-off confirmation.")
 @click.option("--cores", type=click.IntRange(1, 256),
               help="Cores the server may use: workers x threads per worker never exceed it "
                    "[default: the CPUs this process may run on].")
