@@ -130,7 +130,8 @@ class BatchingServer:
             if isinstance(item, _Stop):  # not ours to drop: put it back for its worker
                 self._queue.put(item)
                 return dropped
-            item.future.set_exception(RequestDropped("cancelled before it was served"))
+            if item.future.set_running_or_notify_cancel():  # not already cancelled by its caller
+                item.future.set_exception(RequestDropped("cancelled before it was served"))
             self._finish(1)
             dropped += 1
 

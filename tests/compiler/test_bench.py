@@ -91,6 +91,11 @@ def test_a_cancelled_request_is_dropped_and_the_worker_lives_on() -> None:
         assert server.wait_idle(timeout=10)
         assert float(server.submit(_clip(5)).future.result(timeout=10)[0]) == 10.0
     assert sum(model.sizes) == 4  # the cancelled request never reached the model
+    with BatchingServer([Recorder(base_s=0.05)], max_batch=1, queue_size=8) as server:
+        requests = [server.submit(_clip(i)) for i in range(3)]
+        assert requests[2].future.cancel()
+        server.cancel_pending()  # drops the queued rest, the caller-cancelled one included
+        assert server.wait_idle(timeout=10)
 
 
 def test_bounded_queue_throttles_the_client_and_loses_nothing() -> None:
