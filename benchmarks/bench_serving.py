@@ -27,7 +27,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compiler.bench import DEFAULT_SLO_MS, BenchOptions, bench_artifact, render_table
+from compiler.bench import (
+    DEFAULT_SLO_MS,
+    BenchOptions,
+    bench_artifact,
+    max_outside_load,
+    render_table,
+)
 from compiler.build import BuildRequest, run_build
 from compiler.errors import SecompileError
 from compiler.timing import available_cpus
@@ -92,14 +98,12 @@ def render_summary(results: list[dict[str, Any]], slo_ms: float) -> str:
         def rss(side: dict[str, Any]) -> str:
             return _cell((side.get("memory") or {}).get("peak_rss_mb"), ".0f")
 
-        loads = [run["outside_load"] for side in (t, a) for attempt in side.get("confirm", [])
-                 for run in attempt["runs"] if run.get("outside_load") is not None]
         lines.append(
             f"| {r['model_key']} | {t['latency_ms']['p50']:.2f} | {a['latency_ms']['p50']:.2f} | "
             f"{r['latency_p50_ratio']:.2f}x | {served(t)} | {served(a)} | "
             f"{_cell(r['rps_ratio'], '.2f')}x | {rss(t)} / {rss(a)} | "
             f"{'yes' if t['confirmed'] else 'no'} / {'yes' if a['confirmed'] else 'no'} | "
-            f"{_cell(max(loads) if loads else None, '.0%')} |")
+            f"{_cell(max_outside_load(r), '.0%')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -614,6 +614,15 @@ def _headline(search: SearchResult,
             "confirmed": False, "note": note, "confirm": history}
 
 
+def max_outside_load(result: dict[str, Any]) -> float | None:
+    """The largest share of the CPU other processes took during any confirmation run of
+    either side (``None`` when none was measured)."""
+    loads = [run["outside_load"] for side in result["sides"].values()
+             for attempt in side.get("confirm", []) for run in attempt["runs"]
+             if run.get("outside_load") is not None]
+    return max(loads) if loads else None
+
+
 def render_table(result: dict[str, Any]) -> str:
     """The side-by-side table ``secompile bench`` prints."""
     sides = result["sides"]
@@ -670,9 +679,8 @@ def render_table(result: dict[str, Any]) -> str:
             lines.append(f"note ({name}): {memory['error']}")
     if any(not s["confirmed"] and s["rps_at_slo"] for s in sides.values()):
         lines.append("* from the search alone, not confirmed by the interleaved re-runs")
-    loads = [r["outside_load"] for s in sides.values() for attempt in s.get("confirm", [])
-             for r in attempt["runs"] if r.get("outside_load") is not None]
-    if loads and max(loads) > 0.12:
-        lines.append(f"warning: other processes used up to {max(loads):.0%} of the CPU during "
+    load = max_outside_load(result)
+    if load is not None and load > OUTSIDE_LOAD_LIMIT:
+        lines.append(f"warning: other processes used up to {load:.0%} of the CPU during "
                      "the confirmation runs; the numbers are noisy")
     return "\n".join(lines) + "\n"

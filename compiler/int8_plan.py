@@ -33,7 +33,7 @@ from compiler.int8_gru import (
     quantize_per_channel,
     store_gru_weights_int8,
 )
-from compiler.onnx_tools import quiet_ort_tools
+from compiler.onnx_tools import consumers, quiet_ort_tools
 
 TIERS = ("int8", "weights", "fp32")
 LAYER_OPS = {"MatMul": "linear", "Gemm": "linear", "Conv": "conv",
@@ -88,15 +88,12 @@ _METADATA_OPS = {"Shape", "Size"}  # their outputs carry sizes, not signal
 def signal_nodes(model: onnx.ModelProto) -> set[str]:
     """Names of the nodes whose outputs depend on the values of the graph inputs (sizes read
     through ``Shape``/``Size`` do not count)."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    readers = consumers(model)
     reached: set[str] = set()
     stored = {t.name for t in model.graph.initializer}  # old exporters list weights as inputs
     frontier = [i.name for i in model.graph.input if i.name not in stored]
     while frontier:
-        for node in consumers.get(frontier.pop(), []):
+        for node in readers.get(frontier.pop(), []):
             if node.name in reached or node.op_type in _METADATA_OPS:
                 continue
             reached.add(node.name)

@@ -37,6 +37,15 @@ def quiet_ort_tools() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Each tensor name of ``model``'s graph mapped to the nodes that read it, in graph order."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 def check_export_options(opset: int, simplify: str) -> None:
     """Raise ``ValueError`` quoting the option when an opset (0: the target's) or a simplifier
     choice cannot be used; shared by the passes that export ONNX."""

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from compiler.context import PassContext
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+AOTI_FILE = "model_aoti.pt2"  # written by aot-inductor, measured by validate-gpu
+TRT_FILE = "model_trt.ep"  # written by tensorrt, measured by validate-gpu
 
 
 @torch.library.custom_op("secompile::gru", mutates_args=())

@@ -13,6 +13,7 @@ from compiler.context import PassContext
 from compiler.errors import TargetError
 from compiler.passes import Pass, PassResult, register_pass
 from compiler.torch_export import (
+    AOTI_FILE,
     PRECISIONS,
     CompiledShapeConfig,
     HopPadded,
@@ -21,7 +22,6 @@ from compiler.torch_export import (
     worst_agreement,
 )
 
-AOTI_FILE = "model_aoti.pt2"
 DEVICES = ("cuda", "cpu")
 
 

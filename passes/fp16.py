@@ -17,7 +17,7 @@ from compiler.artifact import Artifact
 from compiler.context import PassContext
 from compiler.errors import ConfigError, PassError
 from compiler.int8_plan import ensure_node_names, find_layers, signal_nodes
-from compiler.onnx_tools import quiet_ort_tools
+from compiler.onnx_tools import consumers, quiet_ort_tools
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 from compiler.runtime import OrtRunner
 
@@ -269,14 +269,6 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
-
-
 def _stored_dft_basis(tensor: onnx.TensorProto | None) -> bool:
     """A ``[N+2, 1, N]`` weight whose first sine row (bin 0) is all zeros: a windowed DFT
     basis stored by an export without ``compact_dft``, not a learned layer."""
@@ -299,7 +291,7 @@ def _spectral_ends(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
                if not (len(nodes[layer.name].input) > 1
                        and _stored_dft_basis(inits.get(nodes[layer.name].input[1])))}
     on_signal = signal_nodes(model)
-    readers = _consumers(model)
+    readers = consumers(model)
     producer = {o: n for n in model.graph.node for o in n.output}
     downstream: set[str] = set()
     frontier = [o for name in learned for o in nodes[name].output]
@@ -340,7 +332,7 @@ class _Plan:
     def keep_constant_feeders(self) -> None:
         """Rule 4, to a fixpoint: off-signal nodes whose float outputs only fp32 nodes read."""
         on_signal = signal_nodes(self.model)
-        readers = _consumers(self.model)
+        readers = consumers(self.model)
         outputs = {o.name for o in self.model.graph.output}
         changed = True
         while changed:
@@ -421,7 +413,7 @@ def _overflows(model: onnx.ModelProto, ranges: dict[str, float], limit: float
                ) -> list[dict[str, Any]]:
     """Tensors whose values reach ``limit``: measured node outputs and stored weights."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    readers = _consumers(model)
+    readers = consumers(model)
     found = [(name, value) for name, value in ranges.items() if value >= limit]
     for init in model.graph.initializer:
         if init.data_type == TensorProto.FLOAT:
@@ -511,7 +503,7 @@ def _storage_simulation(model: onnx.ModelProto, fp16_nodes: set[str], floats: se
     sim = onnx.ModelProto()
     sim.CopyFrom(model)
     graph = sim.graph
-    readers = _consumers(sim)
+    readers = consumers(sim)
     inits = {t.name: t for t in graph.initializer}
     for name, init in inits.items():
         if init.data_type == TensorProto.FLOAT and any(

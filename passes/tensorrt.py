@@ -14,6 +14,7 @@ from compiler.context import PassContext
 from compiler.errors import PassError, TargetError
 from compiler.passes import Pass, PassResult, register_pass
 from compiler.torch_export import (
+    TRT_FILE,
     CompiledShapeConfig,
     HopPadded,
     export_program,
@@ -21,7 +22,6 @@ from compiler.torch_export import (
     worst_agreement,
 )
 
-TRT_FILE = "model_trt.ep"
 TRT_PRECISIONS = ("fp16", "fp32")
 _STRUCTURAL = {"aten.sym_size", "aten._assert_tensor_metadata",
                "aten.sym_constrain_range_for_size", "aten._assert_scalar"}

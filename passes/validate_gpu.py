@@ -24,10 +24,8 @@ from compiler.gpu_runtime import (
 )
 from compiler.passes import Pass, PassConfig, PassResult, register_pass
 from compiler.scoring import score_pair, summarize
-from compiler.torch_export import HopPadded, shape_range
+from compiler.torch_export import AOTI_FILE, TRT_FILE, HopPadded, shape_range
 from compiler.versions import machine_info
-
-AOTI_FILE, TRT_FILE = "model_aoti.pt2", "model_trt.ep"  # written by aot-inductor, tensorrt
 
 
 @dataclass(frozen=True)
