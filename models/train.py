@@ -12,7 +12,9 @@ depends only on the seed and the step number. ``--minutes`` is a wall-clock safe
 stops training early the run is no longer reproducible on another machine and says so.
 
 The loop, :func:`train`, takes any module, any iterable of ``(inputs, targets)`` batches and any
-loss function, so fine-tuning and distillation can reuse it.
+loss function, so fine-tuning can reuse it; its optimiser set-up and step
+(:func:`adam_with_schedule`, :func:`optimise`) are shared with the teacher-student loop of
+:mod:`models.distillation`.
 """
 
 from __future__ import annotations
@@ -47,10 +49,15 @@ def si_sdr(estimate: Tensor, reference: Tensor, eps: float = 1e-8) -> Tensor:
     return 10 * torch.log10((target.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))
 
 
+STFT_RESOLUTIONS: tuple[tuple[int, int], ...] = ((512, 128), (1024, 256), (256, 64))
+"""``(n_fft, hop)`` pairs of :func:`stft_magnitude_loss`; signals must be longer than half the
+largest ``n_fft`` (the centred STFT reflects that much at each end)."""
+
+
 def stft_magnitude_loss(
     estimate: Tensor,
     reference: Tensor,
-    resolutions: tuple[tuple[int, int], ...] = ((512, 128), (1024, 256), (256, 64)),
+    resolutions: tuple[tuple[int, int], ...] = STFT_RESOLUTIONS,
     compress: float = 0.3,
 ) -> Tensor:
     """Mean squared error of power-law compressed STFT magnitudes over several resolutions.
@@ -102,6 +109,35 @@ def cosine_lr(step: int, total: int, warmup: int = 100, floor: float = 0.02) -> 
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def adam_with_schedule(
+    model: nn.Module, lr: float, steps: int, warmup: int = 100
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam over ``model``'s trainable parameters with the :func:`cosine_lr` schedule over
+    ``steps`` (``warmup`` steps of linear warm-up)."""
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: cosine_lr(s, steps, warmup)
+    )
+    return optimiser, schedule
+
+
+def optimise(
+    model: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    loss: Tensor,
+    clip_norm: float = 5.0,
+) -> float:
+    """One optimiser step on ``loss``: backward, clip ``model``'s gradients to ``clip_norm``,
+    step the optimiser and the schedule. Returns the loss value."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimiser.step()
+    schedule.step()
+    return loss.item()
+
+
 def train(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
@@ -121,8 +157,7 @@ def train(
     ``clip_norm``. Training stops early (``stopped_early=True``) after ``max_seconds`` of wall
     time. Seeding is the caller's job.
     """
-    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: cosine_lr(s, steps))
+    optimiser, schedule = adam_with_schedule(model, lr, steps)
     model.train()
     result = TrainResult(steps=0, seconds=0.0, stopped_early=False)
     start = time.monotonic()
@@ -130,13 +165,8 @@ def train(
     iterator: Iterator[tuple[Tensor, Tensor]] = iter(batches)
     for step in range(steps):
         inputs, targets = next(iterator)
-        loss = loss_fn(model(inputs), targets)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-        optimiser.step()
-        schedule.step()
-        running += loss.item()
+        loss = optimise(model, optimiser, schedule, loss_fn(model(inputs), targets), clip_norm)
+        running += loss
         result.steps = step + 1
         elapsed = time.monotonic() - start
         if (step + 1) % log_every == 0 or step + 1 == steps:
