@@ -28,7 +28,7 @@ from compiler.gates import GateCheck, GateError, Gates, check_quality, failed, w
 from compiler.html_report import ReportClip, write_html_report
 from compiler.instruments import DumpInstrument, default_instruments
 from compiler.manager import PassManager, PipelineRun
-from compiler.pipeline import PipelineSpec
+from compiler.pipeline import PassSpec, PipelineSpec
 from compiler.progress import on_terminal, silent
 from compiler.report import (
     VALIDATORS,
@@ -41,6 +41,8 @@ from compiler.report import (
 from targets import get_target, require_available, require_cuda_passes
 
 PARITY_SECONDS = 4
+# Graph rewrites that keep the model's function: --prune and --distill go after them.
+REWRITES = ("fuse-conv-bn", "merge-grouped-gru")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class BuildRequest:
     dump_dir: Path | None = None
     resample: bool = False
     stream: bool = False
+    prune: float | None = None  # --prune: fraction of MACs to remove
+    distill: float | None = None  # --distill: width of the student
     ray: str | None = None  # None/"off": serial; "auto": local Ray if installed; else address
     gates: Gates = field(default_factory=Gates)
     allow_cpu_only: bool = False  # build a target lacking its hardware from its CPU pipeline
@@ -77,15 +81,29 @@ def check_writable(folder: Path, what: str = "output folder") -> None:
 
 
 def pipeline_spec(pipeline: str | None, target: Any, stream: bool,
-                  cpu_only: bool = False) -> PipelineSpec:
+                  cpu_only: bool = False, prune: float | None = None,
+                  distill: float | None = None) -> PipelineSpec:
     """The pipeline a build runs for ``target``: ``pipeline`` (text or TOML file) or the
     target's default (its CPU-only one when ``cpu_only``), with the ``stream`` pass added
-    before export when ``stream``."""
+    before export when ``stream``, ``prune{macs_reduction=prune}`` and
+    ``distill{width=distill}`` after the leading graph rewrites when given."""
     default = target.cpu_only_pipeline if cpu_only else target.default_pipeline
     spec = PipelineSpec.load(pipeline or default)
+    if prune is not None:
+        spec = spec.adding_early(PassSpec("prune", (("macs_reduction", prune),)), REWRITES)
+    if distill is not None:
+        spec = spec.adding_early(PassSpec("distill", (("width", distill),)),
+                                 (*REWRITES, "prune"))
     if stream:  # the streaming artifact is written from the torch model, before export
         spec = spec.including("stream", before="export-onnx")
     return spec
+
+
+def _reads_calibration(p: Any) -> bool:
+    """Whether a pass reads the calibration audio: ``quantize`` calibrates on it, ``prune`` and
+    ``distill`` fine-tune on it with ``data=calibration``. Without ``--calib`` they get the
+    project's own calibration mixtures."""
+    return p.name == "quantize" or getattr(p.config, "data", None) == "calibration"
 
 
 def _parity_audio(evaluation: PairedFolder | None, calibration: AudioFolder | None,
@@ -185,7 +203,8 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     targets = [get_target(name) for name in dict.fromkeys(request.targets)]  # once each
     unvalidated = {t.name: why for t in targets
                    if (why := require_available(t, request.allow_cpu_only)) is not None}
-    specs = {t.name: pipeline_spec(request.pipeline, t, request.stream, t.name in unvalidated)
+    specs = {t.name: pipeline_spec(request.pipeline, t, request.stream, t.name in unvalidated,
+                                   request.prune, request.distill)
              for t in targets}
     cache = PassCache(request.cache_dir) if request.cache_dir else None
 
@@ -195,6 +214,9 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
         metrics = record["metrics"]
         if metrics.get("skipped"):
             log(f"  warning: {record['name']} did not apply: {metrics['skipped']}")
+        for key in ("refused", "warning"):
+            if metrics.get(key):
+                log(f"  warning: {record['name']}: {metrics[key]}")
         if metrics.get("simplifier") == "none":
             log("  warning: no ONNX simplifier installed (onnxsim, onnxslim); "
                 "only ONNX Runtime's optimizer ran")
@@ -221,7 +243,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     calib_root = request.calib
     if request.calib:
         calibration = AudioFolder.scan(request.calib, rate, seed=request.seed, **audio_rules)
-    elif any(p.name == "quantize" for spec in specs.values() for p in spec.passes):
+    elif any(_reads_calibration(p) for m in managers.values() for p in m.passes):
         # the project's own calibration mixtures (models/make_demo.py), never evaluation audio
         calib_root = DEMO_DIR / "calib"
         calibration = AudioFolder.scan(calib_root, rate, seed=request.seed,
@@ -250,6 +272,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
                     parity_audio=parity, evaluation=evaluation, calibration=calibration,
                     threads=request.threads, seed=request.seed, executor=executor,
                     progress=on_terminal() if request.progress else silent,
+                    checkpoints=request.cache_dir / "checkpoints" if request.cache_dir else None,
                 )
                 run = managers[target.name].run(artifact, ctx)
                 runs[target.name] = run

@@ -12,8 +12,12 @@ An entry holds the pass's metrics and files and one of three outputs:
     the output artifact's file (an ONNX model), stored and served as is;
 ``passthrough``
     the pass returned its input unchanged (``validate``, a rewrite that did not apply);
+``state``
+    a torch module a pass can rebuild from its input and weights alone (``Pass.restore``:
+    ``prune`` and ``distill``, whose minutes of training are worth keeping): its state_dict is
+    stored (``torch.save``) and loaded back with ``weights_only=True``, so no code is unpickled;
 ``torch``
-    an in-memory torch module: only recorded, never stored. Pickling a module would need
+    any other in-memory torch module: only recorded, never stored. Pickling a module would need
     the user's code at load time and unpickling is code execution, so a cache that loads only
     data is the safe one. The manager instead resumes after the last cached file artifact;
     the torch passes before it are reported as hits, and a torch pass whose successor is not
@@ -27,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,8 @@ from compiler.artifact import Artifact
 from compiler.passes import PassResult
 
 _ENTRY_VERSION = 2
-KINDS = ("file", "passthrough", "torch")
+KINDS = ("file", "passthrough", "state", "torch")
+STATE_FILE = "state.pt"
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -53,10 +59,20 @@ class CacheEntry:
     folder: Path
     meta: dict[str, Any]
 
-    def result(self, source: Artifact) -> PassResult:
-        """The cached ``PassResult`` for input ``source`` (not for ``torch`` entries)."""
+    def result(self, source: Artifact, restore: Callable[[Artifact, dict], Any] | None = None
+               ) -> PassResult:
+        """The cached ``PassResult`` for input ``source`` (not for ``torch`` entries);
+        ``restore`` rebuilds a ``state`` entry's module from ``source`` and the weights."""
         if self.kind == "passthrough":
             artifact = source
+        elif self.kind == "state":
+            import torch
+
+            if restore is None:
+                raise ValueError("a state cache entry needs the pass's restore function")
+            state = torch.load(self.folder / STATE_FILE, map_location="cpu", weights_only=True)
+            artifact = replace(source, module=restore(source, state),
+                               metadata=self.meta["metadata"], lineage=tuple(self.meta["lineage"]))
         elif self.kind == "file":
             artifact = replace(
                 source, format=self.meta["format"], module=None,
@@ -92,12 +108,16 @@ class PassCache:
             return None
         if kind not in KINDS or (kind == "file" and not (folder / meta["payload"]).is_file()):
             return None
+        if kind == "state" and not (folder / STATE_FILE).is_file():
+            return None
         if not all((folder / "files" / name).is_file() for name in meta.get("files", [])):
             return None
         return CacheEntry(key, kind, folder, meta)
 
-    def store(self, key: str, source: Artifact, result: PassResult) -> None:
-        """Store ``result`` of a pass run on ``source`` under ``key`` (atomically)."""
+    def store(self, key: str, source: Artifact, result: PassResult,
+              keep_state: bool = False) -> None:
+        """Store ``result`` of a pass run on ``source`` under ``key`` (atomically); with
+        ``keep_state`` a torch output's weights are kept (a ``state`` entry)."""
         folder = self._folder(key)
         if folder.exists():
             return
@@ -105,7 +125,7 @@ class PassCache:
         if artifact is source:
             kind = "passthrough"
         elif artifact.format == "torch":
-            kind = "torch"
+            kind = "state" if keep_state else "torch"
         else:
             kind = "file"
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +135,10 @@ class PassCache:
             if kind == "file":
                 payload = artifact.path.name
                 shutil.copy2(artifact.path, staging / payload)
+            elif kind == "state":
+                import torch
+
+                torch.save(artifact.module.state_dict(), staging / STATE_FILE)
             (staging / "files").mkdir()
             for path in result.files:
                 shutil.copy2(path, staging / "files" / path.name)

@@ -95,6 +95,13 @@ def _target_names() -> list[str]:
 @click.option("--stream", is_flag=True,
               help="Also write <target>/model_stream.onnx, a hop-by-hop artifact with explicit "
                    "state, proven equivalent to the offline model (default for edge).")
+@click.option("--prune", type=click.FloatRange(0, 1, max_open=True), metavar="FRACTION",
+              help="Add structured pruning that removes this fraction of the counted MACs, "
+                   "fine-tuned by distillation from the original (pass 'prune', default for "
+                   "edge); refused when it loses more quality than its limits.")
+@click.option("--distill", type=click.FloatRange(0, 1, min_open=True), metavar="WIDTH",
+              help="Replace the model by a student with this fraction of its channels, "
+                   "trained by distillation (pass 'distill').")
 @click.option("--ray", "ray", default="auto", show_default=True, metavar="auto|ADDRESS",
               help="Score evaluation files on Ray: 'auto' starts a local Ray when Ray is "
                    "installed and the evaluation set is large enough; ADDRESS joins a cluster.")
@@ -112,8 +119,9 @@ def _target_names() -> list[str]:
 def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
           pipeline: str | None, calib: Path | None, eval_dir: Path | None, out: Path,
           threads: int, cache_dir: Path | None, no_cache: bool, seed: int, dump_dir: Path | None,
-          resample: bool, stream: bool, ray: str, no_ray: bool, max_si_sdr_drop: float,
-          max_pesq_drop: float, allow_cpu_only: bool, quiet: bool) -> None:
+          resample: bool, stream: bool, prune: float | None, distill: float | None, ray: str,
+          no_ray: bool, max_si_sdr_drop: float, max_pesq_drop: float, allow_cpu_only: bool,
+          quiet: bool) -> None:
     """Compile MODEL (a registry name, FILE.py:factory or TorchScript; default: the shipped
     default model) for each target and write artifacts, manifests and the report to --out."""
     from compiler.build import BuildRequest, run_build
@@ -122,7 +130,8 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
     request = BuildRequest(
         model=model, out=out, weights=weights, targets=targets or ("cpu",), pipeline=pipeline,
         calib=calib, eval=eval_dir, threads=threads, seed=seed, dump_dir=dump_dir,
-        resample=resample, stream=stream, ray=None if no_ray else ray,
+        resample=resample, stream=stream, prune=prune, distill=distill,
+        ray=None if no_ray else ray,
         cache_dir=None if no_cache else (cache_dir or _default_cache_dir()),
         gates=Gates(max_si_sdr_drop, max_pesq_drop), allow_cpu_only=allow_cpu_only,
         progress=not quiet and progress_wanted(sys.stderr, dict(os.environ)),

@@ -27,6 +27,8 @@ class PassContext:
     manager fills it, later passes read it. ``executor`` is where independent work such as
     scoring evaluation files may run (in process, or on Ray); results never depend on it.
     ``progress`` makes progress bars for long loops (silent unless the CLI runs on a terminal).
+    ``checkpoints`` is where long training runs keep resumable checkpoints (in the cache folder,
+    so a build interrupted mid-training resumes; ``None``: no checkpoints).
     """
 
     target: Target
@@ -43,6 +45,7 @@ class PassContext:
     executor: Executor = field(default_factory=SerialExecutor)
     pass_dir: Path | None = None
     progress: ProgressFactory = silent
+    checkpoints: Path | None = None
 
     def with_pass_dir(self, index: int, pass_name: str) -> PassContext:
         """A copy whose ``pass_dir`` is a fresh scratch folder for the ``index``-th pass."""

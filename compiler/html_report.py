@@ -640,6 +640,36 @@ def _precision(t: dict[str, Any]) -> str:
     return "<h3>Precision</h3>" + "".join(parts) + _all_fields(p)
 
 
+def _shrink(t: dict[str, Any]) -> str:
+    shrink = t.get("shrink")
+    if not isinstance(shrink, dict):
+        return ""
+    rows = []
+    for name, made in shrink.items():
+        made = _dict(made)
+        params, macs = _dict(made.get("params")), _dict(made.get("macs_per_second"))
+        latency, delta = _dict(made.get("torch_latency_ms_1s")), _dict(made.get("quality_delta"))
+        tune = _dict(made.get("fine_tune"))
+        outcome = ("refused: " + str(made["refused"]) if made.get("refused") else
+                   "did not apply: " + str(made["skipped"]) if made.get("skipped") else
+                   "applied" if made.get("modified") else "unchanged")
+        mmacs = {side: (_number(macs.get(side)) or 0) / 1e6 if side in macs else None
+                 for side in ("before", "after")}
+        tuning = (f"{_fmt(tune.get('steps'))} steps, {_fmt(tune.get('seconds'), '.0f')} s, "
+                  f"{_e(tune.get('stop_reason', MISSING))}") if tune else MISSING
+        rows.append([
+            f"<code>{_e(name)}</code>", _e(outcome),
+            f"{_fmt(params.get('before'))} → {_fmt(params.get('after'))}",
+            f"{_fmt(mmacs['before'], '.1f')} → {_fmt(mmacs['after'], '.1f')}",
+            f"{_fmt(latency.get('before'), '.2f')} → {_fmt(latency.get('after'), '.2f')}",
+            _fmt(delta.get("si_sdr"), "+.3f"), _fmt(delta.get("pesq"), "+.3f"), tuning,
+        ])
+    table = _table(["pass", "outcome", "parameters", "MMACs per s of audio",
+                    "torch ms on 1 s", "ΔSI-SDR dB", "ΔPESQ", "fine-tuning"], rows,
+                   numeric_from=8)
+    return "<h3>Pruning and distillation</h3>" + table + _all_fields(shrink)
+
+
 def _streaming(name: str, t: dict[str, Any]) -> str:
     s = t.get("streaming")
     if not isinstance(s, dict):
@@ -733,7 +763,7 @@ def _target(index: int, name: str, t: dict[str, Any]) -> str:
     timeline = ("<h3>Pass timeline</h3>" + _timeline_chart(passes, f"{name} pass timeline")
                 if passes else "")
     return (head + _latency(name, t) + _size(name, t) + _quality(name, t) + _buckets(name, t)
-            + _precision(t) + _streaming(name, t) + _gpu(t) + _profile(t) + timeline
+            + _shrink(t) + _precision(t) + _streaming(name, t) + _gpu(t) + _profile(t) + timeline
             + "</section>")
 
 

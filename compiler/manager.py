@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, Any
 from compiler.cache import CacheEntry, PassCache, cache_key
 from compiler.errors import PassError, SecompileError, UserError
 from compiler.instruments import Instrument, default_instruments, record_defaults
-from compiler.passes import PassResult
+from compiler.passes import Pass, PassResult
 from compiler.pipeline import PipelineSpec, canonical_text
 from compiler.versions import code_hash, library_versions
 
 if TYPE_CHECKING:
     from compiler.artifact import Artifact
     from compiler.context import PassContext
-    from compiler.passes import Pass
     from targets.base import Target
 
 
@@ -106,13 +105,13 @@ class PassManager:
                                     entry.files)
                 record.update(cache="hit", seconds=0.0)
             elif entry is not None and entry.kind != "torch":
-                result = entry.result(artifact)
+                result = entry.result(artifact, p.restore)
                 record.update(cache="hit", seconds=0.0)
             else:
                 result = self._run_one(index, p, artifact, ctx, record, tuple(completed))
                 record["cache"] = "miss" if self.cache else "off"
                 if self.cache:
-                    self._store(key, artifact, result, ctx)
+                    self._store(key, artifact, result, ctx, p)
             record.update(modified=result.modified, metrics=result.metrics, cache_key=key)
             run.records.append(record)
             run.results.append(result)
@@ -124,9 +123,11 @@ class PassManager:
         run.artifact = artifact
         return run
 
-    def _store(self, key: str, source: Artifact, result: PassResult, ctx: PassContext) -> None:
+    def _store(self, key: str, source: Artifact, result: PassResult, ctx: PassContext,
+               p: Pass) -> None:
+        keep_state = type(p).restore is not Pass.restore
         try:
-            self.cache.store(key, source, result)
+            self.cache.store(key, source, result, keep_state)
         except OSError as exc:  # a full or read-only cache must not fail a good build
             ctx.logger.warning("could not store %s in the cache: %s", key[:12], exc)
 

@@ -141,6 +141,12 @@ class Pass:
         """Extra inputs, beyond the artifact and config, that determine this pass's output."""
         return {}
 
+    def restore(self, source: Artifact, state: dict[str, Any]) -> Any:
+        """Rebuild this pass's torch output from its input ``source`` and the output's stored
+        ``state_dict``, so the cache can serve it without pickling code; ``None`` (the default)
+        when weights alone cannot rebuild it, and the cache then only records the pass."""
+        return None
+
     def requires_cuda(self) -> bool:
         """Whether this pass, as configured, needs a CUDA GPU (checked before a build starts)."""
         return False

@@ -107,6 +107,19 @@ class PipelineSpec:
         at = names.index(before)
         return PipelineSpec((*self.passes[:at], PassSpec(name), *self.passes[at:]))
 
+    def adding_early(self, entry: PassSpec, after: tuple[str, ...]) -> PipelineSpec:
+        """This pipeline with ``entry`` added right after its leading passes named in
+        ``after`` (the graph rewrites that come first); a ``ConfigError`` when it already has a
+        pass of that name, whose options belong in the pipeline then."""
+        names = [p.name for p in self.passes]
+        if entry.name in names:
+            raise ConfigError(f"the pipeline already has '{entry.name}': set its options there "
+                              f"instead ({self.text()})")
+        at = 0
+        while at < len(names) and names[at] in after:
+            at += 1
+        return PipelineSpec((*self.passes[:at], entry, *self.passes[at:]))
+
     def text(self) -> str:
         """The pipeline as written by the user (options not yet defaulted)."""
         return ",".join(p.text() for p in self.passes)

@@ -106,6 +106,7 @@ def target_entry(name: str, run: Any, artifact_rel: str,
         "size_bytes": v.get("size_bytes"),
         "streaming": _streaming_entry(run, v),
         "precision": precision_entry(run),
+        "shrink": shrink_entry(run),
         "gpu": gpu_entry(run),
         "validation": validation_entry(run, unvalidated),
         "cache_hits": run.cache_hits,
@@ -134,6 +135,38 @@ def precision_entry(run: Any) -> dict[str, Any] | None:
                         for layer in layers if layer["tier"] == "fp32"],
         "kept_fp32_always": made.get("kept_fp32_always", []),
     }
+
+
+SHRINKERS = ("prune", "distill")
+
+
+def shrink_entry(run: Any) -> dict[str, Any] | None:
+    """What ``prune`` and ``distill`` did, when the pipeline ran them: whether the model was
+    replaced (or why not), parameters, counted MACs, torch latency and quality before and
+    after (overall and per input-SNR bucket), the channel groups and the fine-tuning run."""
+    out: dict[str, Any] = {}
+    for record in run.records:
+        if record["name"] not in SHRINKERS:
+            continue
+        made = record["metrics"]
+        quality = made.get("quality") or {}
+        tune = made.get("fine_tune") or {}
+        out[record["name"]] = {
+            "modified": record["modified"],
+            "refused": made.get("refused"),
+            "skipped": made.get("skipped"),
+            "params": made.get("params"),
+            "macs_per_second": made.get("macs_per_second"),
+            "torch_latency_ms_1s": made.get("torch_latency_ms_1s"),
+            "quality_delta": quality.get("delta"),
+            "bucket_deltas": {name: {"files": b["files"], **b["delta"]}
+                              for name, b in (quality.get("buckets") or {}).items()},
+            "groups": made.get("groups") or made.get("scaled"),
+            "fine_tune": {k: tune.get(k) for k in ("steps", "seconds", "stop_reason", "best_step",
+                                                   "holdout_si_sdr_db")} if tune else None,
+            "seconds": made.get("seconds"),
+        }
+    return out or None
 
 
 def _streaming_entry(run: Any, validated: dict[str, Any]) -> dict[str, Any] | None:
@@ -351,6 +384,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 m = q[side]
                 lines.append(f"| {side} | {_fmt(m['si_sdr'], '.3f')} | {_fmt(m['pesq'], '.3f')} "
                              f"| {_fmt(m['stoi'], '.4f')} |")
+        for pass_name, made in (t.get("shrink") or {}).items():
+            lines += _shrink_markdown(pass_name, made)
         if t.get("precision"):
             lines += _precision_markdown(t["precision"])
         if t.get("streaming"):
@@ -362,6 +397,44 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {p['name']} | {_fmt(p.get('seconds'), '.2f')} | {p['modified']} "
                          f"| {p['cache']} |")
     return "\n".join(lines) + "\n"
+
+
+def _before_after(values: dict[str, Any] | None, scale: float = 1.0, spec: str = ".0f") -> str:
+    if not values:
+        return "n/a"
+    return (f"{_fmt(values['before'] / scale, spec)} → {_fmt(values['after'] / scale, spec)}"
+            + (f" ({-values['reduction']:+.0%})" if "reduction" in values else ""))
+
+
+def _shrink_markdown(pass_name: str, made: dict[str, Any]) -> list[str]:
+    """The ``prune`` / ``distill`` section of a target in ``report.md``."""
+    title = {"prune": "Pruning", "distill": "Distillation"}[pass_name]
+    if made.get("skipped"):
+        return ["", f"{title} (`{pass_name}`) did not apply: {made['skipped']}."]
+    latency = made.get("torch_latency_ms_1s") or {}
+    summary = (f"{title} (`{pass_name}`): parameters {_before_after(made['params'])}, "
+               f"MMACs per second of audio {_before_after(made['macs_per_second'], 1e6, '.1f')}"
+               f", torch latency on 1 s {_fmt(latency.get('before'), '.2f')} → "
+               f"{_fmt(latency.get('after'), '.2f')} ms.")
+    lines = ["", summary]
+    tune = made.get("fine_tune")
+    if tune:
+        agreement = _fmt(tune["holdout_si_sdr_db"], ".1f")
+        lines.append(f"Fine-tuned by distillation: {tune['steps']} steps in {tune['seconds']} s "
+                     f"(stopped by {tune['stop_reason']}, best at step {tune['best_step']}), "
+                     f"held-out agreement with the original {agreement} dB SI-SDR.")
+    if made.get("refused"):
+        lines.append(f"**Refused:** {made['refused']}.")
+    if made.get("bucket_deltas"):
+        d = made["quality_delta"]
+        overall = (f"| all | | {_fmt(d['si_sdr'], '+.3f')} | {_fmt(d['pesq'], '+.3f')} "
+                   f"| {_fmt(d['stoi'], '+.4f')} |")
+        lines += ["", "| input SNR | files | ΔSI-SDR dB | ΔPESQ | ΔESTOI |",
+                  "|---|---|---|---|---|", overall]
+        for bucket, b in made["bucket_deltas"].items():
+            lines.append(f"| {bucket} | {b['files']} | {_fmt(b['si_sdr'], '+.3f')} "
+                         f"| {_fmt(b['pesq'], '+.3f')} | {_fmt(b['stoi'], '+.4f')} |")
+    return lines
 
 
 def _streaming_markdown(target: str, s: dict[str, Any]) -> list[str]:

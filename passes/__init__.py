@@ -2,11 +2,13 @@
 
 from passes import (
     aot_inductor,
+    distill,
     export_onnx,
     fp16,
     fuse_conv_bn,
     merge_grouped_gru,
     ort_format,
+    prune,
     quantize,
     stream,
     tensorrt,
@@ -14,5 +16,18 @@ from passes import (
     validate_gpu,
 )
 
-__all__ = ["aot_inductor", "export_onnx", "fp16", "fuse_conv_bn", "merge_grouped_gru",
-           "ort_format", "quantize", "stream", "tensorrt", "validate", "validate_gpu"]
+__all__ = [
+    "aot_inductor",
+    "distill",
+    "export_onnx",
+    "fp16",
+    "fuse_conv_bn",
+    "merge_grouped_gru",
+    "ort_format",
+    "prune",
+    "quantize",
+    "stream",
+    "tensorrt",
+    "validate",
+    "validate_gpu",
+]

@@ -25,7 +25,7 @@ CPU = Target(
     execution_providers=("CPUExecutionProvider",),
     default_pipeline="fuse-conv-bn,merge-grouped-gru,export-onnx,quantize,validate",
     supported_passes=frozenset(
-        {"fuse-conv-bn", "merge-grouped-gru", "stream", "aot-inductor", "export-onnx", "quantize",
-         "ort-format", "validate"}),
+        {"fuse-conv-bn", "merge-grouped-gru", "prune", "distill", "stream", "aot-inductor",
+         "export-onnx", "quantize", "ort-format", "validate"}),
     availability=_cpu_availability,
 )

@@ -1,7 +1,14 @@
 """The ``edge`` target: the smallest artifact that keeps quality, for small CPUs, live use
 included.
 
-It is the ``cpu`` target with three differences in its default pipeline:
+It is the ``cpu`` target with four differences in its default pipeline:
+
+* ``prune{macs_reduction=0.25 steps=300}`` removes channels until the counted
+  MACs fall by a quarter and fine-tunes the smaller model by distillation from the original
+  on the project's synthetic mixtures (measured on the default model: 30% fewer MACs,
+  -0.07 dB SI-SDR, -0.005 PESQ on its demo pair, about two minutes on 2 cores); a pruning
+  that loses more than the build's default quality gates is refused and the unpruned model
+  goes on;
 
 * the streaming artifact (``model_stream.onnx``: one hop in, one hop out, state carried
   explicitly, fp32) is written next to the offline model;
@@ -21,8 +28,10 @@ from targets.cpu import CPU
 EDGE = replace(
     CPU,
     name="edge",
-    description="smallest ONNX/.ort that keeps quality (INT8 weights), plus a streaming model",
+    description=("smallest ONNX/.ort that keeps quality (pruned, INT8 weights), plus a "
+                 "streaming model"),
     precision="int8 where quality allows",
-    default_pipeline=("fuse-conv-bn,merge-grouped-gru,stream,export-onnx,"
+    default_pipeline=("fuse-conv-bn,merge-grouped-gru,"
+                      "prune{macs_reduction=0.25 steps=300},stream,export-onnx,"
                       "quantize{min_speedup=0.0 min_size_reduction=1.5},ort-format,validate"),
 )

@@ -39,7 +39,8 @@ GPU = Target(
     default_pipeline=("fuse-conv-bn,merge-grouped-gru,aot-inductor,tensorrt,export-onnx,fp16,"
                       "validate-gpu"),
     supported_passes=frozenset(
-        {"fuse-conv-bn", "merge-grouped-gru", "aot-inductor", "tensorrt", "export-onnx", "fp16",
+        {"fuse-conv-bn", "merge-grouped-gru", "prune", "distill", "aot-inductor", "tensorrt",
+         "export-onnx", "fp16",
          "validate", "validate-gpu"}),
     availability=_gpu_availability,
     cpu_only_pipeline=("fuse-conv-bn,merge-grouped-gru,export-onnx,fp16,"

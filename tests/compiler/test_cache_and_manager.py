@@ -133,3 +133,37 @@ def test_side_outputs_reach_later_passes_fresh_or_cached(tiny, make_ctx, tmp_pat
     assert file_sha256(path) == file_sha256(first.results[0].files[0])
     path.unlink()  # an entry that lost a side output is a miss, never a build without it
     assert cache.lookup(first.records[0]["cache_key"]) is None
+
+
+@pytest.mark.parametrize("text", ["prune{ratio=0.5 steps=0 round_to=1}",
+                                  "distill{width=0.5 steps=0}"])
+def test_state_entries_rebuild_the_shrunk_module(tiny, make_ctx, tmp_path, text) -> None:
+    from compiler.cache import STATE_FILE
+    from tests.conftest import noise_audio
+
+    cache = PassCache(tmp_path / "cache")
+    first = _manager(f"{text},export-onnx", cache).run(tiny, make_ctx(tiny))
+    assert [r["cache"] for r in first.records] == ["miss", "miss"]
+    onnx_sha = file_sha256(first.artifact.path)  # the next run reuses the same work folder
+    entry = cache.lookup(first.records[0]["cache_key"])
+    assert entry.kind == "state" and (entry.folder / STATE_FILE).is_file()
+    # Another export option: the export is a miss, so the shrunk module itself is served
+    # (rebuilt from its weights by the pass's restore), not superseded by a cached ONNX file.
+    second = _manager(f"{text},export-onnx{{opset=18}}", cache).run(tiny, make_ctx(tiny))
+    assert [r["cache"] for r in second.records] == ["hit", "miss"]
+    fresh, served = first.results[0], second.results[0]
+    assert served.modified and served.metrics == fresh.metrics
+    core = served.artifact.module.core
+    assert core.gru.hidden_size == 4 and core.conv.out_channels == 4
+    assert core.deconv.out_channels == 2 and core.bn2.num_features == 2
+    a, b = fresh.artifact.module.state_dict(), served.artifact.module.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert served.artifact.lineage == fresh.artifact.lineage
+    assert served.artifact.content_hash() == fresh.artifact.content_hash()
+    wav = torch.as_tensor(noise_audio(0.8, 2))
+    with torch.inference_mode():
+        assert torch.equal(served.artifact.module(wav), fresh.artifact.module(wav))
+    assert tiny.module.core.gru.hidden_size == 8, "restore must not touch the input module"
+    third = _manager(f"{text},export-onnx", cache).run(tiny, make_ctx(tiny))
+    assert third.cache_hits == [text.split("{")[0], "export-onnx"]
+    assert file_sha256(third.artifact.path) == onnx_sha

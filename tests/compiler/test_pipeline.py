@@ -31,7 +31,7 @@ def test_toml_form(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("fuse-conv-bn,export-onnx,teleport", "unknown pass 'teleport' (valid passes: aot-inductor, export-onnx"),
+    ("fuse-conv-bn,export-onnx,teleport", "unknown pass 'teleport' (valid passes: aot-inductor, distill, export-onnx"),
     ("export-onnx{opset=99}", "opset must be between 13 and 21"),
     ("export-onnx{opset=seventeen}", "option 'opset' must be int, got 'seventeen'"),
     ("export-onnx{speed=11}", "unknown option 'speed'"),
@@ -74,3 +74,35 @@ def test_including_adds_a_pass_once_before_another() -> None:
     assert streamed.including("stream", before="export-onnx") is streamed
     with pytest.raises(ConfigError, match="no 'export-onnx' pass"):
         PipelineSpec.parse("fuse-conv-bn").including("stream", before="export-onnx")
+
+
+def test_prune_and_distill_flags_go_after_the_leading_rewrites() -> None:
+    from compiler.build import pipeline_spec
+
+    cpu, gpu, edge = (get_target(n) for n in ("cpu", "gpu", "edge"))
+    spec = pipeline_spec(None, cpu, stream=False, prune=0.5, distill=0.6)
+    assert [p.name for p in spec.passes][:5] == [
+        "fuse-conv-bn", "merge-grouped-gru", "prune", "distill", "export-onnx"]
+    assert spec.passes[2].options == (("macs_reduction", 0.5),)
+    assert spec.passes[3].options == (("width", 0.6),)
+    # the torch passes come before every lowering, the gpu's AOTInductor included
+    assert [p.name for p in pipeline_spec(None, gpu, False, prune=0.3).passes][2:4] == [
+        "prune", "aot-inductor"]
+    assert [p.name for p in pipeline_spec("export-onnx", cpu, False, prune=0.3).passes] == [
+        "prune", "export-onnx"]
+    resolved = pipeline_spec(None, cpu, stream=True, prune=0.5).resolve(cpu)
+    assert [p.name for p in resolved].index("prune") < [p.name for p in resolved].index("stream")
+    # edge prunes by default: the flag would be a second prune, so it is refused
+    with pytest.raises(ConfigError, match="already has 'prune'"):
+        pipeline_spec(None, edge, stream=False, prune=0.5)
+
+
+def test_prune_and_distill_run_before_lowering_only() -> None:
+    cpu = get_target("cpu")
+    for text in ("export-onnx,prune,validate", "export-onnx,distill,validate"):
+        with pytest.raises(ConfigError, match="wrong pass order"):
+            PipelineSpec.parse(text).resolve(cpu)
+    names = [p.name for p in PipelineSpec.parse(
+        "fuse-conv-bn,prune{ratio=0.3},distill{width=0.5},export-onnx,quantize,validate"
+    ).resolve(cpu)]
+    assert names[1:3] == ["prune", "distill"]

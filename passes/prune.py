@@ -1,0 +1,202 @@
+"""``prune``: structured pruning that really shrinks tensors, then fine-tuning by distillation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from compiler.artifact import Artifact
+from compiler.channels import channel_groups, conform_to_state, remove_channels
+from compiler.context import PassContext
+from compiler.finetune import (
+    TrainingOptions,
+    before_after,
+    data_fingerprint,
+    run_key,
+    train_student,
+    training_source,
+)
+from compiler.graph import example_batch, graph_of_artifact
+from compiler.passes import Pass, PassResult, register_pass
+from compiler.pruning import (
+    CRITERIA,
+    SCOPES,
+    SelectionRules,
+    count_macs,
+    group_sizes,
+    importance,
+    select,
+    select_for_macs,
+)
+
+ACTIVATION_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class PruneConfig(TrainingOptions):
+    """Options of ``prune`` (plus the fine-tuning options of
+    :class:`compiler.finetune.TrainingOptions`).
+
+    ``macs_reduction`` > 0 searches the pruning ratio until the counted MACs fall by at least
+    that fraction and overrides ``ratio``; otherwise ``ratio`` is the fraction of each group's
+    channels removed (``per-layer``) or of all prunable channels (``global``).
+    ``max_pesq_loss`` / ``max_si_sdr_loss``: with evaluation pairs, a pruned and fine-tuned
+    model that loses more than this (PESQ-WB, dB SI-SDR) against the input model, overall or
+    in any input-SNR bucket, is refused and the input model goes on unchanged. The defaults
+    are the build's default quality gates, so a refused pruning never fails a default build.
+    """
+
+    ratio: float = 0.0
+    macs_reduction: float = 0.0
+    scope: str = "per-layer"
+    criterion: str = "l2"
+    max_layer_ratio: float = 0.9
+    round_to: int = 8
+    max_pesq_loss: float = 0.05
+    max_si_sdr_loss: float = 0.2
+
+    def check(self) -> None:
+        super().check()
+        if not 0 <= self.ratio < 1:
+            raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
+        if not 0 <= self.macs_reduction < 1:
+            raise ValueError(f"macs_reduction must be in [0, 1), got {self.macs_reduction}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        if not 0 < self.max_layer_ratio < 1:
+            raise ValueError(f"max_layer_ratio must be in (0, 1), got {self.max_layer_ratio}")
+        if self.round_to < 1:
+            raise ValueError(f"round_to must be >= 1, got {self.round_to}")
+        if self.max_pesq_loss < 0 or self.max_si_sdr_loss < 0:
+            raise ValueError(f"max_pesq_loss and max_si_sdr_loss must be >= 0, got "
+                             f"{self.max_pesq_loss} and {self.max_si_sdr_loss}")
+
+    @property
+    def removes_nothing(self) -> bool:
+        """A 0% ratio and no MAC target: the pass is a no-op."""
+        return self.ratio == 0 and self.macs_reduction == 0
+
+
+@register_pass
+class Prune(Pass):
+    """Remove whole channels, then fine-tune the smaller model against the original.
+
+    Rewrite rules: channel groups come from the model's ``torch.export`` graph
+    (:mod:`compiler.channels`): output channels of ``Conv``/``ConvTranspose`` (any ``groups``:
+    depthwise ones pass their channels through, grouped ones lose channels evenly per group),
+    output features of ``Linear``, hidden units of ``GRU``/``LSTM`` layers, kept consistent
+    across every reader (the next layer's input columns, BatchNorm/LayerNorm/PReLU, residual
+    adds, concatenations). Channels that reach the model output, a reshape that merges them, a
+    slice, or an op the analysis does not know are left alone. Importance is ``l1``/``l2``
+    magnitude or ``activation`` on the training audio (:mod:`compiler.pruning`); the lowest
+    channels go, per layer or globally, by ``ratio`` or until counted MACs drop by
+    ``macs_reduction``. The pruned copy is then distilled from the unpruned model
+    (:func:`models.distillation.distill`). The input module is never mutated; a 0% ratio,
+    a model without prunable channels or an untraceable model leave it as it is.
+    """
+
+    name = "prune"
+    Config = PruneConfig
+    input_formats = ("torch",)
+    summary = "structured channel pruning (conv, convT, linear, GRU/LSTM) + distillation"
+    checks_parity = False  # the output changes by design; quality is measured instead
+
+    def cache_inputs(self, ctx: PassContext) -> dict[str, Any]:
+        return {
+            "data": data_fingerprint(self.config, ctx),
+            "evaluation": ctx.evaluation.fingerprint() if ctx.evaluation else None,
+            "seed": ctx.seed,
+            "threads": self.config.train_threads,
+        }
+
+    def restore(self, source: Artifact, state: dict[str, torch.Tensor]) -> Any:
+        return conform_to_state(source.module, state)
+
+    def run(self, artifact: Artifact, ctx: PassContext) -> PassResult:
+        cfg: PruneConfig = self.config
+        if cfg.removes_nothing:
+            return PassResult(artifact, False, {"pruned_channels": 0,
+                                                "skipped": "ratio 0 and no MAC target"})
+        start = time.monotonic()
+        module = artifact.module
+        graph, reason = graph_of_artifact(artifact, ctx.parity_audio)
+        if graph is None:
+            return PassResult(artifact, False, {"pruned_channels": 0, "skipped": reason})
+        groups = channel_groups(module, graph)
+        prunable = [g for g in groups if g.prunable]
+        blocked = [{"group": g.describe(), "why": g.blocked} for g in groups if not g.prunable]
+        if not prunable:
+            return PassResult(artifact, False, {"pruned_channels": 0, "blocked": blocked,
+                                                "skipped": "no prunable channel group"})
+        rate = artifact.info.sample_rate
+        source = training_source(cfg, ctx, rate) if cfg.criterion == "activation" else None
+        batches = None
+        if source is not None:
+            length = int(cfg.segment_seconds * rate)
+            batches = [source.batch(i, cfg.batch_size, length, "train")
+                       for i in range(ACTIVATION_BATCHES)]
+        scores = importance(module, groups, cfg.criterion, batches)
+        rules = SelectionRules(cfg.scope, cfg.max_layer_ratio, cfg.round_to)
+        example = example_batch(artifact, ctx.parity_audio)[:1]
+        target_met = None
+        if cfg.macs_reduction:
+            selection = select_for_macs(module, groups, scores, cfg.macs_reduction, rules, example)
+            removal, ratio = selection.removal, selection.ratio
+            target_met = selection.macs_reduction >= cfg.macs_reduction
+        else:
+            removal, ratio = select(groups, scores, cfg.ratio, rules), cfg.ratio
+        if not removal:
+            return PassResult(artifact, False, {"pruned_channels": 0, "blocked": blocked,
+                                                "skipped": "the ratio removes no channel"})
+        pruned = remove_channels(module, groups, removal).eval()
+        with torch.inference_mode():
+            if pruned(example).shape != module(example).shape:
+                raise RuntimeError("pruned model changed the output shape")
+        metrics: dict[str, Any] = {
+            "criterion": cfg.criterion, "scope": cfg.scope, "ratio": round(ratio, 4),
+            "pruned_channels": sum(len(v) for v in removal.values()),
+            "groups": group_sizes(groups, removal), "blocked": blocked,
+            "macs_after_pruning": count_macs(pruned, example),
+        }
+        if target_met is not None:
+            metrics["macs_target"] = {"reduction": cfg.macs_reduction, "met": target_met}
+            if not target_met:
+                metrics["warning"] = (
+                    f"the prunable channels allow only {selection.macs_reduction:.1%} fewer "
+                    f"MACs, short of the {cfg.macs_reduction:.1%} asked (the others are "
+                    "blocked: see 'blocked' in the report)")
+        if cfg.steps:
+            source = source or training_source(cfg, ctx, rate)
+            key = run_key(artifact.content_hash(), cfg.canonical(), data_fingerprint(cfg, ctx),
+                          ctx.seed)
+            before = time.monotonic()
+            result = train_student(pruned, module, source, cfg, ctx, key, "prune")
+            metrics["fine_tune"] = {**result.as_dict(),
+                                    "seconds": round(time.monotonic() - before, 1)}
+        metrics.update(before_after(module, pruned, ctx, rate, np.asarray(ctx.parity_audio)))
+        metrics["seconds"] = round(time.monotonic() - start, 1)
+        refusal = self._refusal(metrics["quality"])
+        if refusal:
+            return PassResult(artifact, False,
+                              {**metrics, "refused": f"{refusal}; the unpruned model goes on"})
+        return PassResult(artifact.derive(self.name, module=pruned.eval()), True, metrics)
+
+    def _refusal(self, quality: dict[str, Any] | None) -> str | None:
+        """Why the pruned model loses too much quality, or None (also without pairs)."""
+        if quality is None:
+            return None
+        limits = {"pesq": self.config.max_pesq_loss, "si_sdr": self.config.max_si_sdr_loss}
+        scopes = {"all": quality["delta"]} | {f"SNR bucket {name}": bucket["delta"]
+                                              for name, bucket in quality["buckets"].items()}
+        for scope, delta in scopes.items():
+            for metric, limit in limits.items():
+                loss = -delta[metric]
+                if loss > limit:  # NaN (PESQ found no speech) never refuses
+                    return (f"{metric} loss {loss:.3f} in {scope} exceeds the limit {limit}")
+        return None
