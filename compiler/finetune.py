@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,9 +143,15 @@ def train_student(student: nn.Module, teacher: nn.Module, source: NoisySource,
     return result
 
 
-def run_key(*parts: Any) -> str:
-    """sha256 of the parts' text: identifies one training run for its checkpoint."""
-    return hashlib.sha256(repr(parts).encode()).hexdigest()
+def fine_tune(student: nn.Module, teacher: nn.Module, teacher_hash: str, source: NoisySource,
+              options: TrainingOptions, ctx: PassContext, label: str) -> dict[str, Any]:
+    """:func:`train_student` keyed by everything that fixes the run (the teacher's content
+    hash, the pass's options, the data, the seed); its report entry, wall time included."""
+    key = hashlib.sha256(repr((teacher_hash, options.canonical(), data_fingerprint(options, ctx),
+                               ctx.seed)).encode()).hexdigest()
+    start = time.monotonic()
+    result = train_student(student, teacher, source, options, ctx, key, label)
+    return {**result.as_dict(), "seconds": round(time.monotonic() - start, 1)}
 
 
 # --- before / after --------------------------------------------------------------------------

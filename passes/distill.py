@@ -20,8 +20,7 @@ from compiler.finetune import (
     TrainingOptions,
     before_after,
     data_fingerprint,
-    run_key,
-    train_student,
+    fine_tune,
     training_source,
 )
 from compiler.graph import example_batch, trace_graph
@@ -190,13 +189,8 @@ class Distill(Pass):
         rate = artifact.info.sample_rate
         metrics: dict[str, Any] = {"student": cfg.student or "scaled", "scaled": scaled}
         if cfg.steps:
-            source = training_source(cfg, ctx, rate)
-            key = run_key(artifact.content_hash(), cfg.canonical(), data_fingerprint(cfg, ctx),
-                          ctx.seed)
-            before = time.monotonic()
-            result = train_student(student, teacher, source, cfg, ctx, key, "distill")
-            metrics["fine_tune"] = {**result.as_dict(),
-                                    "seconds": round(time.monotonic() - before, 1)}
+            metrics["fine_tune"] = fine_tune(student, teacher, artifact.content_hash(),
+                                             training_source(cfg, ctx, rate), cfg, ctx, self.name)
         metrics.update(before_after(teacher, student, ctx, rate, np.asarray(ctx.parity_audio)))
         macs = metrics["macs_per_second"]
         metrics["macs_ratio"] = round(macs["before"] / macs["after"], 3) if macs["after"] else None

@@ -16,8 +16,7 @@ from compiler.finetune import (
     TrainingOptions,
     before_after,
     data_fingerprint,
-    run_key,
-    train_student,
+    fine_tune,
     training_source,
 )
 from compiler.graph import example_batch, graph_of_artifact
@@ -173,12 +172,8 @@ class Prune(Pass):
                     "blocked: see 'blocked' in the report)")
         if cfg.steps:
             source = source or training_source(cfg, ctx, rate)
-            key = run_key(artifact.content_hash(), cfg.canonical(), data_fingerprint(cfg, ctx),
-                          ctx.seed)
-            before = time.monotonic()
-            result = train_student(pruned, module, source, cfg, ctx, key, "prune")
-            metrics["fine_tune"] = {**result.as_dict(),
-                                    "seconds": round(time.monotonic() - before, 1)}
+            metrics["fine_tune"] = fine_tune(pruned, module, artifact.content_hash(), source,
+                                             cfg, ctx, self.name)
         metrics.update(before_after(module, pruned, ctx, rate, np.asarray(ctx.parity_audio)))
         metrics["seconds"] = round(time.monotonic() - start, 1)
         refusal = self._refusal(metrics["quality"])

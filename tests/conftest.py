@@ -104,6 +104,26 @@ def assert_core_exports(core: nn.Module, example: torch.Tensor, spec: torch.Tens
     assert max_err < 1e-4, f"onnxruntime differs from torch by {max_err:.2e}"
 
 
+def speechlike(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
+    """A voiced, syllable-gated harmonic signal (PESQ finds 'speech' in it), float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    f0 = 110 + 60 * rng.random()
+    voiced = sum(np.sin(2 * np.pi * f0 * k * t + rng.random()) / k for k in range(1, 9))
+    gate = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t + 6 * rng.random())
+    return (0.1 * voiced * gate).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (bit-identical training runs want a fixed thread
+    count, and the machine is shared); the previous count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny() -> Artifact:
     """The tiny spectral model as a torch artifact."""

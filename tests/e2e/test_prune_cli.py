@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from compiler.artifact import file_sha256
 from compiler.cli import main
-from tests.conftest import TINY_REF
+from tests.conftest import TINY_REF, speechlike
 
 VALIDATE = "validate{repeats=4 long_repeats=2 batch=2 memory=false}"
 TRAIN = "steps=12 eval_every=4 segment_seconds=0.5 batch_size=4 train_threads=1"
@@ -22,13 +22,6 @@ LOOSE = ["--max-si-sdr-drop", "100", "--max-pesq-drop", "10"]
 
 def _cli(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def _speechlike(rng: np.random.Generator, seconds: float) -> np.ndarray:
-    t = np.arange(int(16000 * seconds)) / 16000
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2
-    tone = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in (220, 440, 880, 1320))
-    return (0.05 * envelope * tone).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +33,13 @@ def audio(tmp_path_factory) -> tuple[Path, Path]:
     calib = root / "calib"
     calib.mkdir()
     for i in range(3):
-        clean = _speechlike(rng, 2.0)
+        clean = speechlike(2.0, i)
         sf.write(calib / f"c{i}.wav", clean + 0.02 * rng.standard_normal(clean.size), 16000)
     evaluation = root / "eval"
     for sub in ("clean", "noisy"):
         (evaluation / sub).mkdir(parents=True)
     for i, snr in enumerate((0, 10, 25)):
-        clean = _speechlike(rng, 1.5)
+        clean = speechlike(1.5, 10 + i)
         noise = rng.standard_normal(clean.size).astype(np.float32)
         noise *= np.sqrt(np.mean(clean**2) / np.mean(noise**2) / 10 ** (snr / 10))
         sf.write(evaluation / "clean" / f"p{i}.wav", clean, 16000)

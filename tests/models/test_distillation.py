@@ -39,13 +39,7 @@ CONFIG = DistillConfig(steps=20, batch_size=4, segment_seconds=0.25, lr=1e-2, ev
 LENGTH = CONFIG.segment_samples(RATE)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # bit-identical comparisons and timing both want a fixed thread count; restore it after
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def waveforms(seconds: tuple[float, ...] = (1.0, 0.7, 1.3, 0.2, 0.9), seed: int = 0

@@ -20,7 +20,7 @@ from compiler.instruments import parity_error
 from models.spectral import SpectralEnhancer, StftSpec
 from passes.distill import Distill, DistillPassConfig
 from targets import get_target
-from tests.conftest import TinyCore, noise_audio, randomize_batchnorm, tiny_artifact
+from tests.conftest import TinyCore, noise_audio, randomize_batchnorm, speechlike, tiny_artifact
 
 RATE = 16000
 TRAIN = {"steps": 10, "batch_size": 2, "segment_seconds": 0.25, "eval_every": 5,
@@ -62,23 +62,7 @@ def halves():
 '''
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # bit-identical comparisons want a fixed thread count, and the machine is shared
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def speechlike(seconds: float, seed: int) -> np.ndarray:
-    """A voiced, syllable-gated harmonic signal (PESQ finds 'speech' in it)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(RATE * seconds)) / RATE
-    f0 = 110 + 60 * rng.random()
-    voiced = sum(np.sin(2 * np.pi * f0 * k * t + rng.random()) / k for k in range(1, 9))
-    gate = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t + 6 * rng.random())
-    return (0.1 * voiced * gate).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

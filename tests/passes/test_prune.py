@@ -21,7 +21,7 @@ from compiler.pipeline import PipelineSpec
 from passes.export_onnx import ExportOnnx
 from passes.prune import Prune, PruneConfig
 from targets import get_target
-from tests.conftest import noise_audio, tiny_artifact
+from tests.conftest import noise_audio, speechlike, tiny_artifact
 
 RATE = 16000
 # 10 steps, evaluated at 0, 5 and 10: enough for the weights to move, cheap on 2 shared cores
@@ -30,23 +30,7 @@ TRAIN = {"steps": 10, "batch_size": 2, "segment_seconds": 0.25, "eval_every": 5,
 SHRINK = {"ratio": 0.5, "round_to": 1, "steps": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # bit-identical comparisons want a fixed thread count, and the machine is shared
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def speechlike(seconds: float, seed: int) -> np.ndarray:
-    """A voiced, syllable-gated harmonic signal (PESQ finds 'speech' in it)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(RATE * seconds)) / RATE
-    f0 = 110 + 60 * rng.random()
-    voiced = sum(np.sin(2 * np.pi * f0 * k * t + rng.random()) / k for k in range(1, 9))
-    gate = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t + 6 * rng.random())
-    return (0.1 * voiced * gate).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_noisy_folder(folder: Path, files: int = 3, seconds: float = 1.0) -> Path:
