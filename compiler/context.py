@@ -28,7 +28,10 @@ class PassContext:
     scoring evaluation files may run (in process, or on Ray); results never depend on it.
     ``progress`` makes progress bars for long loops (silent unless the CLI runs on a terminal).
     ``checkpoints`` is where long training runs keep resumable checkpoints (in the cache folder,
-    so a build interrupted mid-training resumes; ``None``: no checkpoints).
+    so a build interrupted mid-training resumes; ``None``: no checkpoints). ``torch_model`` is
+    the last torch form of the model in this pipeline, kept by the manager: the model that side
+    outputs written from it (the stream) must match, which ``prune`` and ``distill`` make
+    differ from ``baseline``.
     """
 
     target: Target
@@ -46,6 +49,7 @@ class PassContext:
     pass_dir: Path | None = None
     progress: ProgressFactory = silent
     checkpoints: Path | None = None
+    torch_model: Artifact | None = None
 
     def with_pass_dir(self, index: int, pass_name: str) -> PassContext:
         """A copy whose ``pass_dir`` is a fresh scratch folder for the ``index``-th pass."""

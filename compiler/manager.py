@@ -98,12 +98,16 @@ class PassManager:
         entries = [self.cache.lookup(k) for k in keys] if self.cache else [None] * len(keys)
         resume = self._resume_point(entries)
         completed: list[str] = []
+        ctx.torch_model = artifact if artifact.format == "torch" else None
         for index, (p, key, entry) in enumerate(zip(self.passes, keys, entries, strict=True)):
             record = record_defaults(p)
             if index < resume:  # superseded by a later cached artifact: reuse its record only
                 result = PassResult(artifact, entry.meta["modified"], entry.meta["metrics"],
                                     entry.files)
                 record.update(cache="hit", seconds=0.0)
+                if entry.kind == "state" and ctx.torch_model is not None:
+                    # weights alone rebuild it: later passes may compare against this model
+                    ctx.torch_model = entry.result(ctx.torch_model, p.restore).artifact
             elif entry is not None and entry.kind != "torch":
                 result = entry.result(artifact, p.restore)
                 record.update(cache="hit", seconds=0.0)
@@ -119,6 +123,8 @@ class PassManager:
             if self.listener:
                 self.listener(record)
             artifact = result.artifact
+            if artifact.format == "torch" and index >= resume:  # (superseded: set above)
+                ctx.torch_model = artifact
             completed.append(p.name)
         run.artifact = artifact
         return run

@@ -144,7 +144,8 @@ class Validate(Pass):
                    pairs: list, audio: list[np.ndarray]) -> dict[str, Any]:
         tolerance = 1e-4 if np.isnan(session.tolerance) else session.tolerance
         clips = [p.noisy for p in pairs] or [np.asarray(ctx.parity_audio)[0]]
-        proof = equivalence(session, ctx.baseline.module, clips,
+        source = ctx.torch_model or ctx.baseline  # the model the stream was written from
+        proof = equivalence(session, source.module, clips,
                             [p.clean for p in pairs] if pairs else None)
         if not within_tolerance(proof, tolerance):
             raise PassError(self.name, (

@@ -117,3 +117,24 @@ def test_flag_errors_name_the_problem(tmp_path) -> None:
                        "--out", out)
     assert espeak_free.exit_code == 2 and "/no/such/folder" in espeak_free.output
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_stream_of_a_pruned_model_is_proven_against_the_pruned_model(tmp_path) -> None:
+    # validate proves model_stream.onnx against the model it was written from (the pruned
+    # one), also when the cache serves every pass before validate and prune is only rebuilt
+    # from its stored weights
+    pipeline = "prune{ratio=0.5 steps=0 max_pesq_loss=10 max_si_sdr_loss=100},stream,export-onnx"
+    cache = tmp_path / "cache"
+    for repeats in (4, 5):
+        out = tmp_path / f"build{repeats}"
+        result = _cli("build", "--pipeline", f"{pipeline},validate{{repeats={repeats} "
+                      "long_repeats=2 batch=2 memory=false}", "--cache-dir", cache, "--out", out,
+                      *LOOSE)
+        assert result.exit_code == 0, result.output
+        cpu = json.loads((out / "report.json").read_text())["targets"]["cpu"]
+        assert cpu["shrink"]["prune"]["modified"]
+        assert cpu["streaming"]["equivalence"]["max_abs"] < 1e-4
+        # the shipped artifact is the pruned model, measurably different from the original
+        assert abs(cpu["quality_delta"]["si_sdr"]) > 1e-3
+    assert {p["name"]: p["cache"] for p in cpu["passes"]} == {
+        "prune": "hit", "stream": "hit", "export-onnx": "hit", "validate": "miss"}
