@@ -158,3 +158,6 @@ class PassCache:
             shutil.rmtree(staging, ignore_errors=True)
             if not folder.exists():
                 raise
+        except Exception:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise

@@ -30,9 +30,9 @@ A multi-layer RNN's inner layers form groups of their own that only the RNN read
 ``nn.GRU`` has one ``hidden_size`` for all its layers, those groups share a *tie*: they must
 lose the same number of units.
 
-Blocking is conservative by design: an op the analysis does not understand can only make
-fewer channels prunable, never produce a model that fails to run. :func:`remove_channels`
-checks the rewritten model still maps the example to an output of the original's shape.
+Blocking is conservative by design: an op the analysis does not know makes fewer channels
+prunable. The passes still run every rewritten model on two shapes before keeping it
+(:func:`check_runs`), and a failure there leaves the model unpruned with the reason.
 """
 
 from __future__ import annotations
@@ -74,8 +74,7 @@ _BINARY = {"add", "sub", "mul", "div", "maximum", "minimum", "pow", "rsub", "whe
 _VIEWS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_copy"}
 _SLICES = {"select", "slice", "narrow", "index_select", "split", "split_with_sizes", "chunk",
            "unbind", "unsafe_split", "tensor_split", "slice_copy", "select_copy", "index"}
-_REDUCTIONS = {"mean", "sum", "amax", "amin", "var", "std", "norm", "logsumexp", "prod",
-               "max", "min", "var_mean", "std_mean", "linalg_vector_norm"}
+_REDUCTIONS = {"mean", "sum", "amax", "amin", "logsumexp", "prod"}
 _PASSIVE = {"sym_size", "sym_numel", "sym_stride", "_assert_async", "scalar_tensor",
             "_assert_scalar", "sym_constrain_range_for_size"}
 
@@ -133,6 +132,7 @@ class _Groups:
     def __init__(self) -> None:
         self.groups: dict[int, ChannelGroup] = {}
         self.parent: dict[int, int] = {}
+        self.tie_links: list[tuple[str, str]] = []  # ties that a union made one
 
     def new(self, size: int, producer: Site | None = None, tie: str | None = None) -> int:
         gid = len(self.parent)
@@ -158,6 +158,8 @@ class _Groups:
         ga.producers += gb.producers
         ga.consumers += gb.consumers
         ga.slices = math.lcm(ga.slices, gb.slices)
+        if ga.tie and gb.tie and ga.tie != gb.tie:
+            self.tie_links.append((ga.tie, gb.tie))
         ga.tie = ga.tie or gb.tie
         ga.blocked = ga.blocked or gb.blocked
         if ga.size != gb.size:
@@ -203,10 +205,12 @@ class _Analysis:
         self.graph = graph
         self.groups = _Groups()
         self.labels: dict[torch.fx.Node, object] = {}
-        self.calls: dict[str, int] = defaultdict(int)
+        self.rnn_groups: dict[str, list[int]] = defaultdict(list)
+        # calls per module object: one module registered under two paths is still one module
+        self.calls: dict[int, int] = defaultdict(int)
         for node in graph.nodes:
-            if node.op == "call_function" and self._layer(node) is not None:
-                self.calls[module_path(node)] += 1
+            if node.op == "call_function" and (layer := self._layer(node)) is not None:
+                self.calls[id(layer)] += 1
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -289,7 +293,7 @@ class _Analysis:
         name = op_name(node)
         layer = self._layer(node)
         shape = _shape(node)
-        if layer is not None and self.calls[module_path(node)] > 1:
+        if layer is not None and self.calls[id(layer)] > 1:
             self.block_all(node.args, f"module '{module_path(node)}' is called more than once")
             return self._fresh(node)
         if isinstance(layer, _CONVS + _TRANSPOSED):
@@ -385,33 +389,47 @@ class _Analysis:
     def rnn(self, node: torch.fx.Node, rnn: nn.RNNBase) -> list[list[AxisLabel]]:
         path = module_path(node)
         src = self.label(node.args[0])
-        hx = node.args[1]
-        hx_nodes = hx if isinstance(hx, (list, tuple)) else [hx]
-        self.block_all(hx_nodes, f"'{path}' gets its initial state from the graph")
-        if getattr(rnn, "proj_size", 0) or not rnn.batch_first and src is not None \
-                and len(src) != 3:
+        n_states = 2 if isinstance(rnn, nn.LSTM) else 1
+        if getattr(rnn, "proj_size", 0) or src is None or len(src) != 3:
             self.block_all(node.args, f"RNN '{path}' has a projection or unbatched input")
+            return [self._fresh_rnn_output(node)] + [[None, None, None]] * n_states
+        hx = node.args[1]
+        hx_nodes = [h for h in (hx if isinstance(hx, (list, tuple)) else [hx])
+                    if isinstance(h, torch.fx.Node)]
+        # a zero state the module makes itself is fine; a state handed in is sized by someone
+        # else (a caller, a streaming loop) and would no longer fit
+        outside = [h for h in hx_nodes if module_path(h) != path]
+        final_used = any(op_name(u) == "getitem" and u.args[1] >= 1 and u.users
+                         for u in node.users)
+        why = (f"'{path}' gets its initial state from outside" if outside else
+               f"'{path}' final state is used (it holds every layer's units)" if final_used
+               else None)
+        if why:
+            self.block_all(hx_nodes, why)
         if src is not None:
             self.groups.consume(src[-1], Site(path, "rnn_in"))
         dirs = 2 if rnn.bidirectional else 1
         tie = path if rnn.num_layers > 1 else None
         for layer in range(rnn.num_layers - 1):  # inner layers: groups only the RNN reads
             gid = self.groups.new(rnn.hidden_size, Site(path, "rnn_layer", layer=layer), tie)
+            self.rnn_groups[path].append(gid)
             for direction in range(dirs):
                 self.groups.get(gid).consumers.append(
                     Site(path, "rnn_layer_in", direction * rnn.hidden_size, layer + 1))
         gid = self.groups.new(rnn.hidden_size, Site(path, "rnn_out", layer=rnn.num_layers - 1),
                               tie)
-        output = [None] * 3 if src is None else list(src)
+        self.rnn_groups[path].append(gid)
+        output = list(src)
         output[-1] = tuple((gid, rnn.hidden_size) for _ in range(dirs))
-        outputs: list[list[AxisLabel]] = [output]
-        users = [u for u in node.users if op_name(u) == "getitem" and u.args[1] >= 1]
-        for user in users:  # final states: [layers x dirs, B, H] mixes every layer's units
-            if user.users:
-                self.groups.get(gid).blocked = f"'{path}' final state is used"
-        n_states = 2 if isinstance(rnn, nn.LSTM) else 1
-        outputs += [[None, None, None] for _ in range(n_states)]
-        return outputs
+        if why:
+            for layer_gid in self.rnn_groups[path]:
+                self.groups.get(layer_gid).blocked = why
+        return [output] + [[None, None, None] for _ in range(n_states)]
+
+    def _fresh_rnn_output(self, node: torch.fx.Node) -> list[AxisLabel]:
+        value = node.meta.get("val")
+        first = value[0] if isinstance(value, (list, tuple)) and value else None
+        return [None] * first.dim() if isinstance(first, torch.Tensor) else [None] * 3
 
     def per_channel(self, node: torch.fx.Node, module: nn.Module) -> list[AxisLabel]:
         path = module_path(node)
@@ -419,13 +437,17 @@ class _Analysis:
         if src is None:
             return self._fresh(node)
         if isinstance(module, nn.LayerNorm):
-            if len(module.normalized_shape) != 1:
+            if len(module.normalized_shape) != 1 or module.weight is None:
                 for axis in src[-len(module.normalized_shape):]:
-                    self.groups.block(axis, f"LayerNorm '{path}' normalises several axes")
+                    self.groups.block(axis, f"LayerNorm '{path}' normalises several axes or "
+                                      "has no per-channel parameters")
                 return src
             self.groups.consume(src[-1], Site(path, "channel"))
             return src
         if isinstance(module, nn.PReLU) and module.num_parameters == 1:
+            return src
+        if getattr(module, "weight", None) is None and getattr(module, "running_mean", None) is None:
+            self.groups.block(src[1], f"norm '{path}' keeps no per-channel state")
             return src
         self.groups.consume(src[1], Site(path, "channel"))
         return src
@@ -483,8 +505,12 @@ class _Analysis:
         if op_name(node) == "unsqueeze":
             dim = node.args[1] % (len(in_shape) + 1)
             return [*src[:dim], None, *src[dim:]]
-        return [label for label, size in zip(src, in_shape, strict=True) if size != 1] \
-            if len(shape) < len(in_shape) else src
+        dims = node.args[1] if len(node.args) > 1 else None
+        if dims is None:
+            dims = [d for d, size in enumerate(in_shape) if size == 1]
+        dims = {d % len(in_shape) for d in ([dims] if isinstance(dims, int) else dims)
+                if in_shape[d % len(in_shape)] == 1}
+        return [label for d, label in enumerate(src) if d not in dims]
 
     def view(self, node: torch.fx.Node, shape: tuple[int, ...]) -> list[AxisLabel]:
         src = self.label(node.args[0])
@@ -536,8 +562,11 @@ class _Analysis:
         if name in ("select", "index_select", "slice", "narrow", "slice_copy", "select_copy"):
             dim = node.args[1] if len(node.args) > 1 else 0
         elif name == "index":
-            self.groups.block(src[0], "advanced indexing")
-            dim = 0
+            for axis in src:
+                self.groups.block(axis, "advanced indexing")
+            return self._fresh(node)
+        elif name == "unbind":
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         else:
             dim = dim_arg
         dim = dim % rank
@@ -575,11 +604,55 @@ def channel_groups(module: nn.Module, graph: torch.fx.Graph) -> list[ChannelGrou
     analysis = _Analysis(module, graph)
     analysis.run()
     groups = sorted(analysis.groups.groups.values(), key=operator.attrgetter("id"))
-    return [g for g in groups if g.producers]
+    groups = [g for g in groups if g.producers]
+    _settle_ties(groups, analysis.groups.tie_links)
+    return groups
+
+
+def _settle_ties(groups: list[ChannelGroup], links: list[tuple[str, str]]) -> None:
+    """One tie per set of layers that must keep one size (ties a union joined are one), and a
+    tie with a blocked member blocks them all: ``nn.GRU`` cannot give its layers two sizes."""
+    parent: dict[str, str] = {}
+
+    def find(tie: str) -> str:
+        while parent.setdefault(tie, tie) != tie:
+            tie = parent[tie]
+        return tie
+
+    for a, b in links:
+        parent[find(a)] = find(b)
+    members: dict[str, list[ChannelGroup]] = defaultdict(list)
+    for group in groups:
+        if group.tie is not None:
+            group.tie = find(group.tie)
+            members[group.tie].append(group)
+    for tie, tied in members.items():
+        blocked = next((g.blocked for g in tied if g.blocked), None)
+        if blocked:
+            for group in tied:
+                group.blocked = group.blocked or f"tied to a layer of '{tie}' that is blocked " \
+                                                 f"({blocked})"
 
 
 # --------------------------------------------------------------------------------------------
 # removing channels
+
+
+def check_runs(original: nn.Module, pruned: nn.Module, example: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``pruned`` maps ``example`` and a longer batch of three to
+    outputs of the shapes ``original`` gives."""
+    longer = torch.cat([example[:1], example[:1, : example.shape[1] // 2]], dim=1).repeat(3, 1)
+    with torch.inference_mode():
+        for x in (example, longer):
+            try:
+                got = tuple(pruned(x).shape)
+            except Exception as exc:  # noqa: BLE001  (reported as why the rewrite failed)
+                raise ValueError(f"the pruned model fails on {list(x.shape)}: "
+                                 f"{type(exc).__name__}: {exc}") from None
+            expected = tuple(original(x).shape)
+            if got != expected:
+                raise ValueError(f"the pruned model maps {list(x.shape)} to {list(got)}, the "
+                                 f"original to {list(expected)}")
 
 
 def _keep(size: int, removed: Iterable[int]) -> torch.Tensor:

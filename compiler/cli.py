@@ -99,7 +99,8 @@ def _target_names() -> list[str]:
               help="Add structured pruning that removes this fraction of the counted MACs, "
                    "fine-tuned by distillation from the original (pass 'prune', default for "
                    "edge); refused when it loses more quality than its limits.")
-@click.option("--distill", type=click.FloatRange(0, 1, min_open=True), metavar="WIDTH",
+@click.option("--distill", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              metavar="WIDTH",
               help="Replace the model by a student with this fraction of its channels, "
                    "trained by distillation (pass 'distill').")
 @click.option("--ray", "ray", default="auto", show_default=True, metavar="auto|ADDRESS",

@@ -20,12 +20,12 @@ from compiler.errors import ConfigError
 from compiler.passes import PassConfig
 from compiler.pruning import count_macs, count_params
 from compiler.timing import available_cpus, measure_interleaved
+from models.train import si_sdr
 
 if TYPE_CHECKING:
     from compiler.context import PassContext
     from models.distillation import DistillResult, NoisySource
 
-DATA_SOURCES = ("calibration", "synthetic")
 SYNTHETIC_UTTERANCES = 300
 
 
@@ -105,7 +105,12 @@ def training_source(options: TrainingOptions, ctx: PassContext, rate: int) -> No
         folder = Path(options.data)
         if not folder.is_dir():
             raise ConfigError(f"training data folder not found: {folder}")
-        audio = AudioFolder.scan(folder, rate).load()
+        dataset = AudioFolder.scan(folder, rate)
+        if ctx.evaluation is not None:  # quality measured on training audio proves nothing
+            from calibration.datasets import check_disjoint
+
+            check_disjoint(dataset, ctx.evaluation)
+        audio = dataset.load()
     try:
         return FolderCrops(audio, rate, ctx.seed)
     except ValueError as exc:
@@ -144,11 +149,13 @@ def train_student(student: nn.Module, teacher: nn.Module, source: NoisySource,
 
 
 def fine_tune(student: nn.Module, teacher: nn.Module, teacher_hash: str, source: NoisySource,
-              options: TrainingOptions, ctx: PassContext, label: str) -> dict[str, Any]:
+              options: TrainingOptions, ctx: PassContext, label: str,
+              extra: dict[str, Any]) -> dict[str, Any]:
     """:func:`train_student` keyed by everything that fixes the run (the teacher's content
-    hash, the pass's options, the data, the seed); its report entry, wall time included."""
-    key = hashlib.sha256(repr((teacher_hash, options.canonical(), data_fingerprint(options, ctx),
-                               ctx.seed)).encode()).hexdigest()
+    hash, the pass's options, its ``extra`` cache inputs such as a student's code, the data,
+    the seed); its report entry, wall time included."""
+    key = hashlib.sha256(repr((teacher_hash, options.canonical(), sorted(extra.items()),
+                               data_fingerprint(options, ctx), ctx.seed)).encode()).hexdigest()
     start = time.monotonic()
     result = train_student(student, teacher, source, options, ctx, key, label)
     return {**result.as_dict(), "seconds": round(time.monotonic() - start, 1)}
@@ -203,15 +210,20 @@ def quality_change(teacher: nn.Module, student: nn.Module, ctx: PassContext,
 
 def before_after(teacher: nn.Module, student: nn.Module, ctx: PassContext, rate: int,
                  clip: np.ndarray) -> dict[str, Any]:
-    """Parameters, counted MACs per second of audio, torch latency on ``clip`` and quality of
+    """Parameters, counted MACs per second of audio, torch latency on ``clip``, the SI-SDR of
+    ``student``'s output against ``teacher``'s on ``clip`` (``agreement_db``) and quality of
     ``teacher`` against ``student``."""
     example = torch.as_tensor(clip[:, :rate])
     params = {"before": count_params(teacher), "after": count_params(student)}
+    with torch.inference_mode():
+        whole = torch.as_tensor(clip)
+        agreement = float(si_sdr(student(whole), teacher(whole)).mean())
     macs = {"before": count_macs(teacher, example), "after": count_macs(student, example)}
     return {
         "params": {**params, "reduction": round(1 - params["after"] / params["before"], 4)},
         "macs_per_second": {**macs, "reduction": round(1 - macs["after"] / macs["before"], 4)
                             if macs["before"] else 0.0},
         "torch_latency_ms_1s": _latency_ms(teacher, student, example, ctx.threads),
+        "agreement_db": round(agreement, 2),
         "quality": quality_change(teacher, student, ctx, rate),
     }

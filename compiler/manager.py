@@ -84,9 +84,15 @@ class PassManager:
 
     def _resume_point(self, entries: list[CacheEntry | None]) -> int:
         """Index of the last pass whose cached file artifact can be served with every pass
-        before it cached too; -1 when the pipeline must start from the input model."""
+        before it cached too; -1 when the pipeline must start from the input model.
+
+        Never past a ``state`` entry (``prune``, ``distill``): later passes compare against
+        the torch model it rebuilds (``PassContext.torch_model``), and rebuilding it needs the
+        torch passes before it to run (cheap rewrites; the state entries themselves load)."""
         for index in range(len(entries) - 1, -1, -1):
             head = entries[: index + 1]
+            if any(e and e.kind == "state" for e in head):
+                continue
             if entries[index] and entries[index].kind == "file" and all(head):
                 return index
         return -1
@@ -105,11 +111,8 @@ class PassManager:
                 result = PassResult(artifact, entry.meta["modified"], entry.meta["metrics"],
                                     entry.files)
                 record.update(cache="hit", seconds=0.0)
-                if entry.kind == "state" and ctx.torch_model is not None:
-                    # weights alone rebuild it: later passes may compare against this model
-                    ctx.torch_model = entry.result(ctx.torch_model, p.restore).artifact
-            elif entry is not None and entry.kind != "torch":
-                result = entry.result(artifact, p.restore)
+            elif entry is not None and entry.kind != "torch" and \
+                    (result := self._served(entry, artifact, p, ctx)) is not None:
                 record.update(cache="hit", seconds=0.0)
             else:
                 result = self._run_one(index, p, artifact, ctx, record, tuple(completed))
@@ -123,11 +126,23 @@ class PassManager:
             if self.listener:
                 self.listener(record)
             artifact = result.artifact
-            if artifact.format == "torch" and index >= resume:  # (superseded: set above)
+            if artifact.format == "torch" and index >= resume:
                 ctx.torch_model = artifact
             completed.append(p.name)
         run.artifact = artifact
         return run
+
+    @staticmethod
+    def _served(entry: CacheEntry, artifact: Artifact, p: Pass, ctx: PassContext
+                ) -> PassResult | None:
+        """The cached result, or None (the pass runs again) when a ``state`` entry no longer
+        fits its input model."""
+        try:
+            return entry.result(artifact, p.restore)
+        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+            ctx.logger.warning("cache entry %s of '%s' could not be used (%s); running it",
+                               entry.key[:12], p.name, exc)
+            return None
 
     def _store(self, key: str, source: Artifact, result: PassResult, ctx: PassContext,
                p: Pass) -> None:

@@ -129,6 +129,9 @@ class Pass:
     # Numerical parity the verifier instrument enforces between input and output artifacts,
     # read from the config field ``parity_tolerance`` when the config has one.
     checks_parity: ClassVar[bool] = True
+    # Whether the pass changes what the model computes (prune, distill): a side output written
+    # from the torch model before it (stream, AOTInductor) would no longer match what ships.
+    changes_function: ClassVar[bool] = False
 
     def __init__(self, config: PassConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

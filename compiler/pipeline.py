@@ -25,6 +25,8 @@ from compiler.passes import Pass, PassConfig, format_option_value, get_pass
 if TYPE_CHECKING:
     from targets.base import Target
 
+# Passes that write a side output from the torch model as it is at that point.
+TORCH_SIDE_OUTPUTS = ("stream", "aot-inductor", "tensorrt")
 _ITEM = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*(?:\{(.*)\})?\s*$", re.DOTALL)
 
 
@@ -147,6 +149,12 @@ class PipelineSpec:
                     "(wrong pass order)"
                 )
             instance = cls(config)
+            writers = [p.name for p in instances if p.name in TORCH_SIDE_OUTPUTS]
+            if instance.changes_function and writers:
+                raise ConfigError(
+                    f"pipeline item {position}: pass '{spec.name}' changes the model after "
+                    f"'{writers[0]}' wrote its side output from it; put '{spec.name}' first"
+                )
             fmt, producer = instance.produces(fmt), f"'{spec.name}' before it"
             instances.append(instance)
         if fmt != target.artifact_format:

@@ -54,8 +54,8 @@ def count_params(module: nn.Module) -> int:
 
 
 def _rnn_unit_slices(rnn: nn.RNNBase, layer: int) -> torch.Tensor:
-    """``[hidden, n]``: per hidden unit of ``layer``, its gate rows (input and recurrent
-    weights, biases) and its recurrent column, over both directions."""
+    """``[hidden, n]``: per hidden unit of ``layer``, its gate rows of the input and recurrent
+    weights and its recurrent column, over both directions."""
     hidden = getattr(rnn, f"weight_hh_l{layer}").shape[1]
     gates = _GATES.get(type(rnn), 1)
     parts = []
@@ -255,13 +255,19 @@ def select(groups: list[ChannelGroup], scores: dict[int, np.ndarray], ratio: flo
     else:
         wanted = {g.id: round(ratio * g.size) for g in prunable}
     counts = {g.id: _allowed(g, wanted[g.id], rules) for g in prunable}
-    ties: dict[str, int] = {}
+    tied: dict[str, list[ChannelGroup]] = defaultdict(list)
     for g in prunable:  # the layers of one RNN share one hidden size
         if g.tie is not None:
-            ties[g.tie] = min(ties.get(g.tie, g.size), counts[g.id])
-    for g in prunable:
-        if g.tie is not None:
-            counts[g.id] = _allowed(g, ties[g.tie], rules) if ties[g.tie] else 0
+            tied[g.tie].append(g)
+    for members in tied.values():
+        if len({m.size for m in members}) > 1:  # cannot keep one size: leave them whole
+            count = 0
+        else:  # the largest count every member allows (slices and rounding differ)
+            count = min(counts[m.id] for m in members)
+            while (lowest := min(_allowed(m, count, rules) for m in members)) != count:
+                count = lowest
+        for m in members:
+            counts[m.id] = count
     return {g.id: _lowest(scores[g.id], counts[g.id], g.slices)
             for g in prunable if counts[g.id]}
 

@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from compiler.artifact import Artifact, file_sha256
-from compiler.channels import channel_groups, conform_to_state, drop_rnn_layers, remove_channels
+from compiler.channels import (
+    channel_groups,
+    check_runs,
+    conform_to_state,
+    drop_rnn_layers,
+    remove_channels,
+)
 from compiler.context import PassContext
 from compiler.errors import ConfigError, ModelError
 from compiler.finetune import (
@@ -149,6 +155,7 @@ class Distill(Pass):
     input_formats = ("torch",)
     summary = "train a width/depth-scaled (or user) student from the model by distillation"
     checks_parity = False
+    changes_function = True
 
     def cache_inputs(self, ctx: PassContext) -> dict[str, Any]:
         student = self.config.student
@@ -161,7 +168,6 @@ class Distill(Pass):
             "evaluation": ctx.evaluation.fingerprint() if ctx.evaluation else None,
             "seed": ctx.seed,
             "student_code": code,
-            "threads": self.config.train_threads,
         }
 
     def restore(self, source: Artifact, state: dict[str, torch.Tensor]) -> Any:
@@ -182,15 +188,22 @@ class Distill(Pass):
                               "factory")
         example = example_batch(artifact, ctx.parity_audio)
         if cfg.student:
-            student, scaled = _user_student(cfg.student, artifact, example), []
+            with torch.random.fork_rng():  # its initial weights follow the build's seed
+                torch.manual_seed(ctx.seed)
+                student, scaled = _user_student(cfg.student, artifact, example), []
         else:
             student, scaled = scaled_student(teacher, example, cfg.width, cfg.depth, cfg.init,
                                              ctx.seed)
+            try:
+                check_runs(teacher, student, example[:1])
+            except ValueError as exc:
+                raise ConfigError(f"cannot scale this model: {exc}") from None
         rate = artifact.info.sample_rate
         metrics: dict[str, Any] = {"student": cfg.student or "scaled", "scaled": scaled}
         if cfg.steps:
             metrics["fine_tune"] = fine_tune(student, teacher, artifact.content_hash(),
-                                             training_source(cfg, ctx, rate), cfg, ctx, self.name)
+                                             training_source(cfg, ctx, rate), cfg, ctx, self.name,
+                                             self.cache_inputs(ctx))
         metrics.update(before_after(teacher, student, ctx, rate, np.asarray(ctx.parity_audio)))
         macs = metrics["macs_per_second"]
         metrics["macs_ratio"] = round(macs["before"] / macs["after"], 3) if macs["after"] else None

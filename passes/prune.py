@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from compiler.artifact import Artifact
-from compiler.channels import channel_groups, conform_to_state, remove_channels
+from compiler.channels import channel_groups, check_runs, conform_to_state, remove_channels
 from compiler.context import PassContext
+from compiler.errors import ConfigError
 from compiler.finetune import (
     TrainingOptions,
     before_after,
@@ -32,6 +33,9 @@ from compiler.pruning import (
     select_for_macs,
 )
 
+if TYPE_CHECKING:
+    from models.distillation import NoisySource
+
 ACTIVATION_BATCHES = 4
 
 
@@ -47,6 +51,8 @@ class PruneConfig(TrainingOptions):
     model that loses more than this (PESQ-WB, dB SI-SDR) against the input model, overall or
     in any input-SNR bucket, is refused and the input model goes on unchanged. The defaults
     are the build's default quality gates, so a refused pruning never fails a default build.
+    ``min_agreement_db``: without evaluation pairs, the pruned model is refused when its
+    output on the parity clip agrees with the input model's by less than this (SI-SDR).
     """
 
     ratio: float = 0.0
@@ -57,6 +63,7 @@ class PruneConfig(TrainingOptions):
     round_to: int = 8
     max_pesq_loss: float = 0.05
     max_si_sdr_loss: float = 0.2
+    min_agreement_db: float = 20.0
 
     def check(self) -> None:
         super().check()
@@ -72,9 +79,10 @@ class PruneConfig(TrainingOptions):
             raise ValueError(f"max_layer_ratio must be in (0, 1), got {self.max_layer_ratio}")
         if self.round_to < 1:
             raise ValueError(f"round_to must be >= 1, got {self.round_to}")
-        if self.max_pesq_loss < 0 or self.max_si_sdr_loss < 0:
-            raise ValueError(f"max_pesq_loss and max_si_sdr_loss must be >= 0, got "
-                             f"{self.max_pesq_loss} and {self.max_si_sdr_loss}")
+        if self.max_pesq_loss < 0 or self.max_si_sdr_loss < 0 or self.min_agreement_db < 0:
+            raise ValueError(f"max_pesq_loss, max_si_sdr_loss and min_agreement_db must be >= 0, "
+                             f"got {self.max_pesq_loss}, {self.max_si_sdr_loss} and "
+                             f"{self.min_agreement_db}")
 
     @property
     def removes_nothing(self) -> bool:
@@ -105,13 +113,13 @@ class Prune(Pass):
     input_formats = ("torch",)
     summary = "structured channel pruning (conv, convT, linear, GRU/LSTM) + distillation"
     checks_parity = False  # the output changes by design; quality is measured instead
+    changes_function = True
 
     def cache_inputs(self, ctx: PassContext) -> dict[str, Any]:
         return {
             "data": data_fingerprint(self.config, ctx),
             "evaluation": ctx.evaluation.fingerprint() if ctx.evaluation else None,
             "seed": ctx.seed,
-            "threads": self.config.train_threads,
         }
 
     def restore(self, source: Artifact, state: dict[str, torch.Tensor]) -> Any:
@@ -120,71 +128,93 @@ class Prune(Pass):
     def run(self, artifact: Artifact, ctx: PassContext) -> PassResult:
         cfg: PruneConfig = self.config
         if cfg.removes_nothing:
-            return PassResult(artifact, False, {"pruned_channels": 0,
-                                                "skipped": "ratio 0 and no MAC target"})
+            return _unchanged(artifact, {}, "ratio 0 and no MAC target")
         start = time.monotonic()
         module = artifact.module
         graph, reason = graph_of_artifact(artifact, ctx.parity_audio)
         if graph is None:
-            return PassResult(artifact, False, {"pruned_channels": 0, "skipped": reason})
+            return _unchanged(artifact, {}, reason)
         groups = channel_groups(module, graph)
-        prunable = [g for g in groups if g.prunable]
         blocked = [{"group": g.describe(), "why": g.blocked} for g in groups if not g.prunable]
-        if not prunable:
-            return PassResult(artifact, False, {"pruned_channels": 0, "blocked": blocked,
-                                                "skipped": "no prunable channel group"})
+        metrics: dict[str, Any] = {"criterion": cfg.criterion, "scope": cfg.scope,
+                                   "blocked": blocked}
+        if not any(g.prunable for g in groups):
+            return _unchanged(artifact, metrics, "no prunable channel group")
         rate = artifact.info.sample_rate
-        source = training_source(cfg, ctx, rate) if cfg.criterion == "activation" else None
+        try:
+            source = self._source(ctx, rate, needed=cfg.steps > 0 or cfg.criterion == "activation")
+        except DataUnavailable as exc:
+            return _unchanged(artifact, metrics, str(exc))
+        example = example_batch(artifact, ctx.parity_audio)[:1]
+        removal, ratio, why = self._select(module, groups, source, example, rate, metrics)
+        if why:
+            return _unchanged(artifact, metrics, why)
+        try:
+            pruned = remove_channels(module, groups, removal).eval()
+            check_runs(module, pruned, example)
+        except ValueError as exc:  # an analysis gap on this model: say so, ship it unpruned
+            return _unchanged(artifact, metrics, f"the rewrite failed: {exc}")
+        metrics.update({
+            "ratio": round(ratio, 4), "pruned_channels": sum(len(v) for v in removal.values()),
+            "groups": group_sizes(groups, removal),
+            "macs_after_pruning": count_macs(pruned, example),
+        })
+        if cfg.steps:
+            metrics["fine_tune"] = fine_tune(pruned, module, artifact.content_hash(), source,
+                                             cfg, ctx, self.name, self.cache_inputs(ctx))
+        metrics.update(before_after(module, pruned, ctx, rate, np.asarray(ctx.parity_audio)))
+        metrics["seconds"] = round(time.monotonic() - start, 1)
+        refusal = self._refusal(metrics["quality"], metrics["agreement_db"])
+        if refusal:
+            return PassResult(artifact, False,
+                              {**metrics, "refused": f"{refusal}; the unpruned model goes on"})
+        return PassResult(artifact.derive(self.name, module=pruned), True, metrics)
+
+    def _source(self, ctx: PassContext, rate: int, needed: bool) -> NoisySource | None:
+        """The training audio when the pass needs it; ``DataUnavailable`` when the project's
+        synthetic speech cannot be made here (espeak-ng missing)."""
+        if not needed:
+            return None
+        try:
+            return training_source(self.config, ctx, rate)
+        except ConfigError as exc:
+            if self.config.data == "synthetic":
+                raise DataUnavailable(str(exc)) from None
+            raise
+
+    def _select(self, module: torch.nn.Module, groups: list, source: NoisySource | None,
+                example: torch.Tensor, rate: int, metrics: dict[str, Any]
+                ) -> tuple[dict[int, list[int]], float, str | None]:
+        """Channels to remove, the ratio that gave them, or why nothing is removed."""
+        cfg: PruneConfig = self.config
         batches = None
-        if source is not None:
+        if cfg.criterion == "activation":
             length = int(cfg.segment_seconds * rate)
             batches = [source.batch(i, cfg.batch_size, length, "train")
                        for i in range(ACTIVATION_BATCHES)]
         scores = importance(module, groups, cfg.criterion, batches)
         rules = SelectionRules(cfg.scope, cfg.max_layer_ratio, cfg.round_to)
-        example = example_batch(artifact, ctx.parity_audio)[:1]
-        target_met = None
-        if cfg.macs_reduction:
-            selection = select_for_macs(module, groups, scores, cfg.macs_reduction, rules, example)
-            removal, ratio = selection.removal, selection.ratio
-            target_met = selection.macs_reduction >= cfg.macs_reduction
-        else:
-            removal, ratio = select(groups, scores, cfg.ratio, rules), cfg.ratio
-        if not removal:
-            return PassResult(artifact, False, {"pruned_channels": 0, "blocked": blocked,
-                                                "skipped": "the ratio removes no channel"})
-        pruned = remove_channels(module, groups, removal).eval()
-        with torch.inference_mode():
-            if pruned(example).shape != module(example).shape:
-                raise RuntimeError("pruned model changed the output shape")
-        metrics: dict[str, Any] = {
-            "criterion": cfg.criterion, "scope": cfg.scope, "ratio": round(ratio, 4),
-            "pruned_channels": sum(len(v) for v in removal.values()),
-            "groups": group_sizes(groups, removal), "blocked": blocked,
-            "macs_after_pruning": count_macs(pruned, example),
-        }
-        if target_met is not None:
-            metrics["macs_target"] = {"reduction": cfg.macs_reduction, "met": target_met}
-            if not target_met:
-                metrics["warning"] = (
-                    f"the prunable channels allow only {selection.macs_reduction:.1%} fewer "
-                    f"MACs, short of the {cfg.macs_reduction:.1%} asked (the others are "
-                    "blocked: see 'blocked' in the report)")
-        if cfg.steps:
-            source = source or training_source(cfg, ctx, rate)
-            metrics["fine_tune"] = fine_tune(pruned, module, artifact.content_hash(), source,
-                                             cfg, ctx, self.name)
-        metrics.update(before_after(module, pruned, ctx, rate, np.asarray(ctx.parity_audio)))
-        metrics["seconds"] = round(time.monotonic() - start, 1)
-        refusal = self._refusal(metrics["quality"])
-        if refusal:
-            return PassResult(artifact, False,
-                              {**metrics, "refused": f"{refusal}; the unpruned model goes on"})
-        return PassResult(artifact.derive(self.name, module=pruned.eval()), True, metrics)
+        if not cfg.macs_reduction:
+            removal = select(groups, scores, cfg.ratio, rules)
+            return removal, cfg.ratio, None if removal else "the ratio removes no channel"
+        selection = select_for_macs(module, groups, scores, cfg.macs_reduction, rules, example)
+        metrics["macs_target"] = {"reduction": cfg.macs_reduction,
+                                  "reachable": round(selection.macs_reduction, 4)}
+        if selection.macs_reduction < cfg.macs_reduction:
+            return {}, selection.ratio, (
+                f"the prunable channels allow at most {selection.macs_reduction:.1%} fewer "
+                f"MACs, short of the {cfg.macs_reduction:.1%} asked (the others are blocked: "
+                "see 'blocked')")
+        return selection.removal, selection.ratio, None
 
-    def _refusal(self, quality: dict[str, Any] | None) -> str | None:
-        """Why the pruned model loses too much quality, or None (also without pairs)."""
+    def _refusal(self, quality: dict[str, Any] | None, agreement_db: float) -> str | None:
+        """Why the pruned model loses too much: quality limits on the evaluation pairs, or
+        without pairs its agreement with the input model on the parity clip."""
         if quality is None:
+            floor = self.config.min_agreement_db
+            if agreement_db < floor:
+                return (f"without evaluation pairs, agreement with the unpruned model "
+                        f"{agreement_db:.1f} dB SI-SDR is below min_agreement_db={floor}")
             return None
         limits = {"pesq": self.config.max_pesq_loss, "si_sdr": self.config.max_si_sdr_loss}
         scopes = {"all": quality["delta"]} | {f"SNR bucket {name}": bucket["delta"]
@@ -193,5 +223,14 @@ class Prune(Pass):
             for metric, limit in limits.items():
                 loss = -delta[metric]
                 if loss > limit:  # NaN (PESQ found no speech) never refuses
-                    return (f"{metric} loss {loss:.3f} in {scope} exceeds the limit {limit}")
+                    return f"{metric} loss {loss:.3f} in {scope} exceeds the limit {limit}"
         return None
+
+
+class DataUnavailable(Exception):
+    """The default synthetic training audio cannot be made on this machine."""
+
+
+def _unchanged(artifact: Artifact, metrics: dict[str, Any], why: str) -> PassResult:
+    """The input model goes on: ``why`` is reported (and printed by the CLI)."""
+    return PassResult(artifact, False, {**metrics, "pruned_channels": 0, "skipped": why})

@@ -135,7 +135,7 @@ def test_side_outputs_reach_later_passes_fresh_or_cached(tiny, make_ctx, tmp_pat
     assert cache.lookup(first.records[0]["cache_key"]) is None
 
 
-@pytest.mark.parametrize("text", ["prune{ratio=0.5 steps=0 round_to=1}",
+@pytest.mark.parametrize("text", ["prune{ratio=0.5 steps=0 round_to=1 min_agreement_db=0}",
                                   "distill{width=0.5 steps=0}"])
 def test_state_entries_rebuild_the_shrunk_module(tiny, make_ctx, tmp_path, text) -> None:
     from compiler.cache import STATE_FILE

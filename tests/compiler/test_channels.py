@@ -231,3 +231,57 @@ def test_conform_to_state_rebuilds_a_pruned_and_shallower_model(wired) -> None:
     assert rebuilt.rnn.num_layers == 1 and rebuilt.grouped.groups == 4
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), pruned(x), rtol=0, atol=0)
+
+
+class _Gaps(nn.Module):
+    """Wirings the analysis must block, not prune: each used to crash the rewritten model."""
+
+    def __init__(self, case: str) -> None:
+        super().__init__()
+        self.case = case
+        self.fc = nn.Linear(4, 8)
+        self.gru = nn.GRU(8, 8, num_layers=2, batch_first=True)
+        self.lstm = nn.LSTM(8, 8, batch_first=True, proj_size=4)
+        self.ln = nn.LayerNorm(8, elementwise_affine=False)
+        self.conv = nn.Conv1d(4, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, T, 4]
+        h = torch.relu(self.fc(x))
+        if self.case == "index":
+            h = h[:, :, torch.tensor([0, 2, 4, 6, 1, 3, 5, 7])]
+        elif self.case == "projection":
+            h = self.lstm(h)[0].repeat(1, 1, 2)  # [B, T, proj 4] -> 8
+        elif self.case == "state":
+            h, _ = self.gru(h, torch.zeros(2, x.shape[0], 8))
+        elif self.case == "final-state":
+            _, state = self.gru(h)
+            h = h + state[-1].unsqueeze(1)
+        elif self.case == "plain-ln":
+            h = self.ln(h)
+        elif self.case == "squeeze":  # squeeze-excitation over time
+            gate = torch.sigmoid(self.conv(x.transpose(1, 2)).mean(-1, keepdim=True)).squeeze(-1)
+            h = h * gate.unsqueeze(1)
+        elif self.case == "tied-output":  # the GRU's last layer feeds the output: blocked
+            return x * self.gru(h)[0][..., :4]
+        return x * torch.sigmoid(self.head(h))
+
+
+@pytest.mark.parametrize("case", ["index", "projection", "state", "final-state", "plain-ln",
+                                  "squeeze", "tied-output"])
+def test_unknown_wirings_block_instead_of_breaking_the_model(case: str) -> None:
+    torch.manual_seed(0)
+    model = _Gaps(case).eval()
+    x = torch.randn(2, 6, 4)
+    groups = _groups(model, x)
+    pruned = remove_channels(model, groups, _half(groups))
+    with torch.no_grad():
+        assert pruned(x).shape == model(x).shape
+    by_path = {s.path: g for g in groups for s in g.producers if s.role != "rnn_layer"}
+    if case in ("state", "final-state", "tied-output"):  # every layer of the GRU stays whole
+        assert all(not g.prunable for g in groups if g.tie == "gru")
+        assert pruned.gru.hidden_size == 8
+    if case in ("index", "plain-ln"):
+        assert not by_path["fc"].prunable
+    if case == "projection":
+        assert "lstm" not in by_path and not by_path["fc"].prunable

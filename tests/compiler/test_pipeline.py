@@ -106,3 +106,9 @@ def test_prune_and_distill_run_before_lowering_only() -> None:
         "fuse-conv-bn,prune{ratio=0.3},distill{width=0.5},export-onnx,quantize,validate"
     ).resolve(cpu)]
     assert names[1:3] == ["prune", "distill"]
+
+
+def test_a_model_change_after_a_side_output_is_rejected() -> None:
+    cpu = get_target("cpu")
+    with pytest.raises(ConfigError, match="changes the model after 'stream'"):
+        PipelineSpec.parse("stream,prune{ratio=0.5},export-onnx,validate").resolve(cpu)

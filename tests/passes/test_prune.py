@@ -27,7 +27,8 @@ RATE = 16000
 # 10 steps, evaluated at 0, 5 and 10: enough for the weights to move, cheap on 2 shared cores
 TRAIN = {"steps": 10, "batch_size": 2, "segment_seconds": 0.25, "eval_every": 5,
          "train_threads": 1}
-SHRINK = {"ratio": 0.5, "round_to": 1, "steps": 0}
+# shape tests: no fine-tuning and no evaluation pairs, so no agreement floor either
+SHRINK = {"ratio": 0.5, "round_to": 1, "steps": 0, "min_agreement_db": 0.0}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -163,7 +164,8 @@ def test_removing_dead_channels_keeps_the_output(make_ctx) -> None:
 
 
 def test_macs_target_is_met(tiny, make_ctx) -> None:
-    result = Prune(PruneConfig(macs_reduction=0.3, round_to=1, steps=0)).run(
+    result = Prune(PruneConfig(macs_reduction=0.3, round_to=1, steps=0,
+                               min_agreement_db=0.0)).run(
         tiny, make_ctx(tiny))
     assert result.modified
     assert result.metrics["macs_per_second"]["reduction"] >= 0.3
@@ -171,7 +173,8 @@ def test_macs_target_is_met(tiny, make_ctx) -> None:
 
 
 def test_global_scope_and_l1_also_shrink(tiny, make_ctx) -> None:
-    cfg = PruneConfig(ratio=0.5, scope="global", criterion="l1", round_to=1, steps=0)
+    cfg = PruneConfig(ratio=0.5, scope="global", criterion="l1", round_to=1, steps=0,
+                      min_agreement_db=0.0)
     result = Prune(cfg).run(tiny, make_ctx(tiny))
     assert result.modified and result.metrics["scope"] == "global"
     assert result.metrics["params"]["after"] < result.metrics["params"]["before"]
@@ -198,6 +201,7 @@ def test_fine_tuning_is_deterministic_for_a_seed(tiny, make_ctx, train_dir) -> N
 def test_activation_criterion_uses_calibration_audio(tiny, make_ctx, train_dir) -> None:
     calibration = AudioFolder.scan(train_dir, RATE)
     cfg = PruneConfig(ratio=0.5, criterion="activation", round_to=1, steps=0, batch_size=2,
+                      min_agreement_db=0.0,
                       segment_seconds=0.25, data="calibration")
     result = Prune(cfg).run(tiny, make_ctx(tiny, calibration=calibration))
     assert result.modified and result.metrics["criterion"] == "activation"
@@ -277,3 +281,28 @@ def test_config_errors_direct_construction() -> None:
         PruneConfig(scope="local")
     with pytest.raises(ConfigError, match="unknown option 'sparsity'"):
         PruneConfig.from_options({"sparsity": 0.5})
+
+
+def test_without_pairs_a_pruned_model_far_from_the_original_is_refused(tiny, make_ctx) -> None:
+    result = Prune(PruneConfig(ratio=0.5, round_to=1, steps=0)).run(tiny, make_ctx(tiny))
+    assert not result.modified and result.artifact is tiny
+    assert "min_agreement_db" in result.metrics["refused"]
+    assert result.metrics["agreement_db"] < 20
+
+
+def test_an_unreachable_mac_target_prunes_nothing_and_says_so(tiny, make_ctx) -> None:
+    result = Prune(PruneConfig(macs_reduction=0.95, round_to=1, steps=0)).run(
+        tiny, make_ctx(tiny))
+    assert not result.modified and result.artifact is tiny
+    assert "at most" in result.metrics["skipped"]
+    assert result.metrics["macs_target"]["reachable"] < 0.95
+
+
+def test_without_espeak_ng_the_default_data_leaves_the_model_unpruned(
+        tiny, make_ctx, monkeypatch) -> None:
+    import calibration.synthetic
+
+    monkeypatch.setattr(calibration.synthetic.shutil, "which", lambda _: None)
+    result = Prune(PruneConfig(ratio=0.5, round_to=1, steps=5)).run(tiny, make_ctx(tiny))
+    assert not result.modified and result.artifact is tiny
+    assert "espeak-ng" in result.metrics["skipped"]
