@@ -28,7 +28,8 @@ through the graph with one rule per op kind:
 
 A multi-layer RNN's inner layers form groups of their own that only the RNN reads; since
 ``nn.GRU`` has one ``hidden_size`` for all its layers, those groups share a *tie*: they must
-lose the same number of units.
+lose the same number of units, and none may lose any when one is blocked. An initial state
+handed in from outside the RNN, or a final state that is used, blocks all its layers.
 
 Blocking is conservative by design: an op the analysis does not know makes fewer channels
 prunable. The passes still run every rewritten model on two shapes before keeping it
@@ -102,8 +103,8 @@ class ChannelGroup:
 
     ``slices``: removals must take the same number of channels from each of this many equal
     contiguous blocks (grouped convolutions). ``tie``: groups with the same tie must lose the
-    same number of channels (the layers of one ``nn.GRU``). ``blocked``: why these channels
-    cannot be removed, or None.
+    same number of channels (the layers of one ``nn.GRU``), so one blocked member blocks them
+    all. ``blocked``: why these channels cannot be removed, or None.
     """
 
     id: int
