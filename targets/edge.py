@@ -7,7 +7,7 @@ It is the ``cpu`` target with four differences in its default pipeline:
   channels until the counted MACs fall by a quarter and fine-tunes the smaller model by
   distillation from the original on the project's synthetic mixtures
   (``secompile build --target edge --out build`` on the default model: 30% fewer MACs,
-  -0.07 dB SI-SDR and -0.005 PESQ against the original on its demo pair, 87 s on 2 cores). A
+  -0.07 dB SI-SDR and -0.005 PESQ against the original on its demo pair, 85 s on 2 cores). A
   pruning that loses more than half the build's default quality gates (the other half is
   INT8's) is refused, and so is one that cannot get its training audio (espeak-ng missing):
   the unpruned model goes on, with the reason printed and reported;
