@@ -99,13 +99,6 @@ def pipeline_spec(pipeline: str | None, target: Any, stream: bool,
     return spec
 
 
-def _reads_calibration(p: Any) -> bool:
-    """Whether a pass reads the calibration audio: ``quantize`` calibrates on it, ``prune`` and
-    ``distill`` fine-tune on it with ``data=calibration``. Without ``--calib`` they get the
-    project's own calibration mixtures."""
-    return p.name == "quantize" or getattr(p.config, "data", None) == "calibration"
-
-
 def _parity_audio(evaluation: PairedFolder | None, calibration: AudioFolder | None,
                   demo: Path, rate: int) -> np.ndarray:
     """A real clip ``[1, <= 4 s]`` for parity checks: evaluation, calibration or demo audio."""
@@ -243,7 +236,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     calib_root = request.calib
     if request.calib:
         calibration = AudioFolder.scan(request.calib, rate, seed=request.seed, **audio_rules)
-    elif any(_reads_calibration(p) for m in managers.values() for p in m.passes):
+    elif any(p.reads_calibration() for m in managers.values() for p in m.passes):
         # the project's own calibration mixtures (models/make_demo.py), never evaluation audio
         calib_root = DEMO_DIR / "calib"
         calibration = AudioFolder.scan(calib_root, rate, seed=request.seed,

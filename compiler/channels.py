@@ -318,9 +318,7 @@ class _Analysis:
         if shape is None:
             self.block_all(node.args, f"op '{name}' with a non-tensor or symbolic result")
             return self._fresh(node)
-        if name in _UNARY or (name in _BINARY and len(tensor_args) == 1):
-            return self.elementwise(node, tensor_args, shape)
-        if name in _BINARY:
+        if name in _UNARY or name in _BINARY:
             return self.elementwise(node, tensor_args, shape)
         if name in ("transpose", "t", "permute", "movedim", "swapaxes", "numpy_T"):
             return self.permute(node)
@@ -360,14 +358,12 @@ class _Analysis:
         for axis in range(len(shape)):
             if axis != 1:
                 out[axis] = src[axis]
-                self.groups.block(src[axis], f"'{path}' convolves over that axis") \
-                    if axis >= 2 else None
+            if axis >= 2:
+                self.groups.block(src[axis], f"'{path}' convolves over that axis")
         depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
         if depthwise:
             self.groups.consume(src[1], Site(path, "channel"))
             out[1] = src[1]
-            if src[1] is None:  # the input is fixed: so are the outputs
-                return out
             return out
         if conv.groups > 1 and src[1] is not None and len(src[1]) > 1:
             self.groups.block(src[1], f"grouped convolution '{path}' reads a concatenation")

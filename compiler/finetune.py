@@ -152,8 +152,8 @@ def fine_tune(student: nn.Module, teacher: nn.Module, teacher_hash: str, source:
               options: TrainingOptions, ctx: PassContext, label: str,
               extra: dict[str, Any]) -> dict[str, Any]:
     """:func:`train_student` keyed by everything that fixes the run (the teacher's content
-    hash, the pass's options, its ``extra`` cache inputs such as a student's code, the data,
-    the seed); its report entry, wall time included."""
+    hash, the pass's options, the data, the seed and ``extra``, such as a student's code);
+    its report entry, wall time included."""
     key = hashlib.sha256(repr((teacher_hash, options.canonical(), sorted(extra.items()),
                                data_fingerprint(options, ctx), ctx.seed)).encode()).hexdigest()
     start = time.monotonic()
@@ -164,16 +164,13 @@ def fine_tune(student: nn.Module, teacher: nn.Module, teacher_hash: str, source:
 # --- before / after --------------------------------------------------------------------------
 
 
-def _latency_ms(teacher: nn.Module, student: nn.Module, clip: torch.Tensor,
+def _latency_ms(teacher: nn.Module, student: nn.Module, clip: np.ndarray,
                 threads: int) -> dict[str, float]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            timed = measure_interleaved({"before": lambda: teacher(clip),
-                                         "after": lambda: student(clip)}, repeats=10, blocks=2)
-    finally:
-        torch.set_num_threads(previous)
+    from compiler.runtime import TorchRunner
+
+    runners = {"before": TorchRunner(teacher, threads), "after": TorchRunner(student, threads)}
+    timed = measure_interleaved({k: (lambda r=r: r(clip)) for k, r in runners.items()},
+                                repeats=10, blocks=2)
     before, after = timed.stats["before"].percentile(50), timed.stats["after"].percentile(50)
     return {"before": round(before, 3), "after": round(after, 3),
             "speedup": round(before / after, 3) if after else math.nan,
@@ -223,7 +220,7 @@ def before_after(teacher: nn.Module, student: nn.Module, ctx: PassContext, rate:
         "params": {**params, "reduction": round(1 - params["after"] / params["before"], 4)},
         "macs_per_second": {**macs, "reduction": round(1 - macs["after"] / macs["before"], 4)
                             if macs["before"] else 0.0},
-        "torch_latency_ms_1s": _latency_ms(teacher, student, example, ctx.threads),
+        "torch_latency_ms_1s": _latency_ms(teacher, student, clip[:, :rate], ctx.threads),
         "agreement_db": round(agreement, 2),
         "quality": quality_change(teacher, student, ctx, rate),
     }

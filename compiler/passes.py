@@ -150,6 +150,11 @@ class Pass:
         when weights alone cannot rebuild it, and the cache then only records the pass."""
         return None
 
+    def reads_calibration(self) -> bool:
+        """Whether this pass, as configured, reads the build's calibration audio (without
+        ``--calib`` the build then loads the project's own calibration mixtures)."""
+        return False
+
     def requires_cuda(self) -> bool:
         """Whether this pass, as configured, needs a CUDA GPU (checked before a build starts)."""
         return False

@@ -248,10 +248,9 @@ def select(groups: list[ChannelGroup], scores: dict[int, np.ndarray], ratio: flo
     if ratio <= 0 or not prunable:
         return {}
     if rules.scope == "global":
-        pooled = np.concatenate([scores[g.id] / (scores[g.id].mean() + 1e-12) for g in prunable])
-        threshold = np.quantile(pooled, ratio)
-        wanted = {g.id: int((scores[g.id] / (scores[g.id].mean() + 1e-12) < threshold).sum())
-                  for g in prunable}
+        relative = {g.id: scores[g.id] / (scores[g.id].mean() + 1e-12) for g in prunable}
+        threshold = np.quantile(np.concatenate(list(relative.values())), ratio)
+        wanted = {gid: int((score < threshold).sum()) for gid, score in relative.items()}
     else:
         wanted = {g.id: round(ratio * g.size) for g in prunable}
     counts = {g.id: _allowed(g, wanted[g.id], rules) for g in prunable}

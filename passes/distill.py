@@ -157,18 +157,21 @@ class Distill(Pass):
     checks_parity = False
     changes_function = True
 
+    def reads_calibration(self) -> bool:
+        return self.config.data == "calibration"
+
     def cache_inputs(self, ctx: PassContext) -> dict[str, Any]:
-        student = self.config.student
-        code = None
-        if student:
-            path = Path(student.rsplit(":", 1)[0])
-            code = file_sha256(path) if path.is_file() else None
         return {
             "data": data_fingerprint(self.config, ctx),
             "evaluation": ctx.evaluation.fingerprint() if ctx.evaluation else None,
             "seed": ctx.seed,
-            "student_code": code,
+            "student_code": self._student_code(),
         }
+
+    def _student_code(self) -> str | None:
+        """sha256 of a user student's factory file (None for a scaled student)."""
+        path = Path(self.config.student.rsplit(":", 1)[0]) if self.config.student else None
+        return file_sha256(path) if path is not None and path.is_file() else None
 
     def restore(self, source: Artifact, state: dict[str, torch.Tensor]) -> Any:
         if self.config.student:
@@ -203,7 +206,7 @@ class Distill(Pass):
         if cfg.steps:
             metrics["fine_tune"] = fine_tune(student, teacher, artifact.content_hash(),
                                              training_source(cfg, ctx, rate), cfg, ctx, self.name,
-                                             self.cache_inputs(ctx))
+                                             {"student_code": self._student_code()})
         metrics.update(before_after(teacher, student, ctx, rate, np.asarray(ctx.parity_audio)))
         macs = metrics["macs_per_second"]
         metrics["macs_ratio"] = round(macs["before"] / macs["after"], 3) if macs["after"] else None

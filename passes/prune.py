@@ -115,6 +115,9 @@ class Prune(Pass):
     checks_parity = False  # the output changes by design; quality is measured instead
     changes_function = True
 
+    def reads_calibration(self) -> bool:
+        return self.config.data == "calibration"
+
     def cache_inputs(self, ctx: PassContext) -> dict[str, Any]:
         return {
             "data": data_fingerprint(self.config, ctx),
@@ -161,7 +164,7 @@ class Prune(Pass):
         })
         if cfg.steps:
             metrics["fine_tune"] = fine_tune(pruned, module, artifact.content_hash(), source,
-                                             cfg, ctx, self.name, self.cache_inputs(ctx))
+                                             cfg, ctx, self.name, {})
         metrics.update(before_after(module, pruned, ctx, rate, np.asarray(ctx.parity_audio)))
         metrics["seconds"] = round(time.monotonic() - start, 1)
         refusal = self._refusal(metrics["quality"], metrics["agreement_db"])

@@ -157,6 +157,9 @@ class Quantize(Pass):
     summary = "calibrated INT8 (static QDQ, INT8 GRUs), per-layer fp32 fallback, never slower"
     checks_parity = False  # INT8 changes the output by design; fidelity is measured instead
 
+    def reads_calibration(self) -> bool:
+        return True
+
     def cache_inputs(self, ctx: PassContext) -> dict[str, Any]:
         return {
             "calibration": ctx.calibration.fingerprint() if ctx.calibration else None,
