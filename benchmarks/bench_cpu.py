@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -82,16 +81,16 @@ def fresh_rss(kind: str, *args: str, threads: int) -> float:
 
 def probe(kind: str, args: list[str], threads: int) -> None:
     """Child-process side of :func:`fresh_rss`."""
-    from compiler.instruments import peak_rss_mb
+    from secompile.compiler.core.instruments import peak_rss_mb
 
     wav = (0.1 * np.random.default_rng(0).standard_normal((1, 160000))).astype(np.float32)
     if kind == "onnx":
-        from compiler.runtime import OrtRunner
+        from secompile.compiler.runtime.runners import OrtRunner
 
         runner = OrtRunner(Path(args[0]), threads)
     else:
-        from compiler.runtime import TorchRunner
-        from models.registry import load_model
+        from secompile.compiler.runtime.runners import TorchRunner
+        from secompile.models.registry import load_model
 
         model = load_model("gtcrn", args[0]).module
         runner = TorchRunner(model, threads) if kind == "torch" else PlainOnnx(
@@ -119,12 +118,12 @@ def main() -> None:
 
     import torch
 
-    from calibration.datasets import PairedFolder
-    from calibration.metrics import si_sdr
-    from compiler.build import BuildRequest, run_build
-    from compiler.runtime import OrtRunner, TorchRunner
-    from compiler.timing import measure_interleaved
-    from models.registry import load_model
+    from secompile.calibration.datasets import PairedFolder
+    from secompile.calibration.metrics import si_sdr
+    from secompile.compiler.app.build import BuildRequest, run_build
+    from secompile.compiler.runtime.runners import OrtRunner, TorchRunner
+    from secompile.compiler.runtime.timing import measure_interleaved
+    from secompile.models.registry import load_model
 
     model = load_model("gtcrn", args.weights).module
     pairs = PairedFolder.scan(args.eval, 16000).load()

@@ -33,7 +33,6 @@ import numpy as np
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 PAIRS = (SHARED / "audio" / "vbdemand", SHARED / "audio" / "dns3")
 
@@ -51,16 +50,16 @@ def main() -> None:
 
     import torch
 
-    from calibration.datasets import PairedFolder
-    from compiler.context import PassContext
-    from compiler.distributed import RayExecutor
-    from compiler.manager import PassManager
-    from compiler.pipeline import PipelineSpec
-    from compiler.runtime import OrtRunner, TorchRunner
-    from compiler.scoring import AudioRules, score_file, score_on, summarize
-    from compiler.versions import library_versions, machine_info
-    from models.registry import load_model
-    from targets import get_target
+    from secompile.calibration.datasets import PairedFolder
+    from secompile.compiler.core.context import PassContext
+    from secompile.compiler.core.manager import PassManager
+    from secompile.compiler.core.pipeline import PipelineSpec
+    from secompile.compiler.core.versions import library_versions, machine_info
+    from secompile.compiler.distributed.executors import RayExecutor
+    from secompile.compiler.distributed.scoring import AudioRules, score_file, score_on, summarize
+    from secompile.compiler.runtime.runners import OrtRunner, TorchRunner
+    from secompile.models.registry import load_model
+    from secompile.targets import get_target
 
     artifact = load_model("gtcrn", args.weights)
     files = [(n, str(root / "noisy" / n), str(root / "clean" / n))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,17 +31,16 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from calibration.audio import looped_clip, read_audio
-from calibration.datasets import AudioFolder, PairedFolder
-from calibration.metrics import bucket_name, quality, snr_db
-from calibration.readers import ClipReader, calibration_clips
-from compiler.build import BuildRequest, run_build
-from compiler.errors import SecompileError
-from compiler.runtime import OrtRunner, TorchRunner
-from compiler.timing import measure_interleaved
-from models.registry import load_model
+from secompile.calibration.audio import looped_clip, read_audio
+from secompile.calibration.datasets import AudioFolder, PairedFolder
+from secompile.calibration.metrics import bucket_name, quality, snr_db
+from secompile.calibration.readers import ClipReader, calibration_clips
+from secompile.compiler.app.build import BuildRequest, run_build
+from secompile.compiler.core.errors import SecompileError
+from secompile.compiler.runtime.runners import OrtRunner, TorchRunner
+from secompile.compiler.runtime.timing import measure_interleaved
+from secompile.models.registry import load_model
 
 DATA = ROOT.parent / "shared" / "data"
 EVAL = DATA / "audio" / "vbdemand"
@@ -72,7 +70,7 @@ def _plain_quantize_static(fp32: Path, out: Path) -> tuple[Path | None, str | No
     """ONNX Runtime's ``quantize_static`` with every default (QDQ, QInt8, MinMax, per-tensor)."""
     from onnxruntime.quantization import quantize_static
 
-    from compiler.onnx_tools import quiet_ort_tools
+    from secompile.compiler.lowering.onnx_export import quiet_ort_tools
 
     clips = calibration_clips(AudioFolder.scan(CALIB, RATE).load(), 4.0, RATE, 16)
     try:
@@ -88,7 +86,7 @@ def _plain_quantize_static(fp32: Path, out: Path) -> tuple[Path | None, str | No
 def _official_features(module: torch.nn.Module, clip: np.ndarray) -> np.ndarray:
     """NSNet2's input for ``clip``: log10 power spectrum ``[1, T, 161]`` (models.nsnet2),
     from the loaded NSNet2 ``module``'s own STFT."""
-    from models.nsnet2 import NSNet2Core
+    from secompile.models.nsnet2 import NSNet2Core
 
     with torch.no_grad():
         spec = module.analyse(torch.from_numpy(clip))

@@ -31,13 +31,12 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from calibration.audio import looped_clip, read_audio
-from compiler.build import BuildRequest, run_build
-from compiler.gates import Gates
-from compiler.runtime import OrtRunner
-from compiler.timing import measure_interleaved
+from secompile.calibration.audio import looped_clip, read_audio
+from secompile.compiler.app.build import BuildRequest, run_build
+from secompile.compiler.reporting.gates import Gates
+from secompile.compiler.runtime.runners import OrtRunner
+from secompile.compiler.runtime.timing import measure_interleaved
 
 DATA = ROOT.parent / "shared" / "data"
 EVAL = DATA / "audio" / "vbdemand"

@@ -25,19 +25,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from compiler.bench import (
+from secompile.compiler.app.bench import (
     DEFAULT_SLO_MS,
     BenchOptions,
     bench_artifact,
     max_outside_load,
     render_table,
 )
-from compiler.build import BuildRequest, run_build
-from compiler.errors import SecompileError
-from compiler.timing import available_cpus
-from compiler.versions import library_versions, machine_info
+from secompile.compiler.app.build import BuildRequest, run_build
+from secompile.compiler.core.errors import SecompileError
+from secompile.compiler.core.versions import library_versions, machine_info
+from secompile.compiler.runtime.timing import available_cpus
 
 DATA = ROOT.parent / "shared" / "data"
 MODELS: dict[str, tuple[str, Path | None]] = {

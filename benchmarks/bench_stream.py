@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 PIPELINE = "fuse-conv-bn,merge-grouped-gru,stream,export-onnx"
 MODELS = {
@@ -46,12 +45,12 @@ PAIRS = (SHARED / "audio" / "vbdemand", SHARED / "audio" / "dns3")
 
 def _build(name: str, weights: Path | None, workdir: Path):
     """The edge pipeline's outputs: (torch artifact, offline ONNX path, stream ONNX path)."""
-    from compiler.context import PassContext
-    from compiler.manager import PassManager
-    from compiler.pipeline import PipelineSpec
-    from compiler.streaming import STREAM_FILE
-    from models.registry import load_model
-    from targets import get_target
+    from secompile.compiler.core.context import PassContext
+    from secompile.compiler.core.manager import PassManager
+    from secompile.compiler.core.pipeline import PipelineSpec
+    from secompile.compiler.runtime.streaming import STREAM_FILE
+    from secompile.models.registry import load_model
+    from secompile.targets import get_target
 
     artifact = load_model(name, weights)
     pairs = _pairs()
@@ -63,16 +62,16 @@ def _build(name: str, weights: Path | None, workdir: Path):
 
 
 def _pairs() -> list:
-    from calibration.datasets import PairedFolder
+    from secompile.calibration.datasets import PairedFolder
 
     return [p for root in PAIRS for p in PairedFolder.scan(root, 16000).load()]
 
 
 def measure(label: str, name: str, weights: Path | None, clip: np.ndarray) -> dict:
     """Every number of one model's row."""
-    from compiler.runtime import OrtRunner
-    from compiler.streaming import StreamSession, equivalence, measure_latency
-    from compiler.timing import measure_interleaved
+    from secompile.compiler.runtime.runners import OrtRunner
+    from secompile.compiler.runtime.streaming import StreamSession, equivalence, measure_latency
+    from secompile.compiler.runtime.timing import measure_interleaved
 
     with tempfile.TemporaryDirectory() as work:
         artifact, offline_path, stream_path = _build(name, weights, Path(work))
@@ -137,7 +136,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" /
                         "stream.json")
     args = parser.parse_args()
-    from compiler.versions import library_versions, machine_info
+    from secompile.compiler.core.versions import library_versions, machine_info
 
     pairs = _pairs()
     joined = np.concatenate([p.noisy for p in pairs])

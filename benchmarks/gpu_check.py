@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+__import__("_tree").ensure_importable()  # runs in its own environment, maybe uninstalled
 
 NEEDED = ("torch", "onnx", "onnxruntime", "numpy", "scipy", "click", "soundfile", "pesq",
           "pystoi")
@@ -101,9 +102,9 @@ def main() -> int:
         print(f"gpu_check: no CUDA GPU here (PyTorch {torch.__version__}, CUDA "
               f"{torch.version.cuda}); nothing to check", file=sys.stderr)
         return 2
-    from compiler.build import BuildRequest, run_build
-    from compiler.gates import GateError
-    from targets.hardware import describe, detect
+    from secompile.compiler.app.build import BuildRequest, run_build
+    from secompile.compiler.reporting.gates import GateError
+    from secompile.targets.hardware import describe, detect
 
     print("\n".join(describe(detect())))
     data = args.data if args.data and (args.data / "models").is_dir() else None

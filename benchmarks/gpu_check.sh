@@ -10,5 +10,4 @@ DATA=""
 for candidate in "${SECOMPILE_DATA:-}" shared/data ../shared/data; do
     if [ -n "$candidate" ] && [ -d "$candidate/models" ]; then DATA="$candidate"; break; fi
 done
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" benchmarks/gpu_check.py ${DATA:+--data "$DATA"} "$@"

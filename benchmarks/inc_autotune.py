@@ -58,7 +58,8 @@ import numpy as np
 os.environ.setdefault("LOGLEVEL", "WARNING")  # INC's logger reads it on first import
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+__import__("_tree").ensure_importable()  # runs in its own environment, maybe uninstalled
 DATA = ROOT.parent / "shared" / "data"
 WEIGHTS = {
     "nsnet2": DATA / "models" / "nsnet2" / "nsnet2-16k.onnx",
@@ -122,7 +123,7 @@ class Report:
 
 def read_wav(path: Path) -> np.ndarray:
     """A mono float32 file at 16 kHz."""
-    from calibration.audio import read_audio
+    from secompile.calibration.audio import read_audio
 
     return read_audio(path, SAMPLE_RATE)
 
@@ -153,7 +154,7 @@ def eval_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 def load_fp32(name: str):
     """The fp32 waveform module (SpectralEnhancer) in eval mode."""
-    from models.registry import load_model
+    from secompile.models.registry import load_model
 
     return load_model(name, WEIGHTS[name]).module.eval()
 
@@ -163,7 +164,7 @@ def fold_all_bn(module) -> int:
     BN by Identity; returns how many were folded."""
     from torch import nn
 
-    from passes.fuse_conv_bn import fold_batchnorm
+    from secompile.passes.fuse_conv_bn import fold_batchnorm
 
     folded = 0
     for owner in module.modules():
@@ -318,7 +319,7 @@ def autotune_path(path: Part, example, calib, evals, args) -> tuple[object, dict
     from neural_compressor.torch.export import export
     from neural_compressor.torch.quantization import StaticQuantConfig, TuningConfig, autotune
 
-    from calibration.metrics import si_sdr
+    from secompile.calibration.metrics import si_sdr
 
     def wav(x):
         return torch.from_numpy(x)[None]
@@ -397,7 +398,7 @@ def chunked(fn, wav: np.ndarray, chunk: int) -> np.ndarray:
 def _scores(estimate: np.ndarray, clean: np.ndarray) -> dict:
     from pystoi import stoi
 
-    from calibration.metrics import quality
+    from secompile.calibration.metrics import quality
 
     row = quality(estimate, clean, SAMPLE_RATE)
     row["estoi"] = row.pop("stoi")
@@ -409,7 +410,7 @@ def quality_deltas(runners: dict, fp32_full, pairs, chunk: int) -> dict:
     """Mean metric deltas of each runner (chunked) vs fp32 whole-file and vs fp32 chunked."""
     import torch
 
-    from calibration.metrics import si_sdr
+    from secompile.calibration.metrics import si_sdr
 
     rows = {name: [] for name in ("fp32_full", *runners)}
     fidelity = {name: [] for name in runners}
@@ -462,7 +463,7 @@ def measure_latency(candidates: dict, repeats: int) -> dict:
     """p50/p90 ms of each candidate on the same 1 s clip, interleaved, load-checked."""
     import torch
 
-    from compiler.timing import measure_interleaved
+    from secompile.compiler.runtime.timing import measure_interleaved
 
     with torch.no_grad():
         result = measure_interleaved(candidates, repeats=repeats, warmup=3, blocks=5)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from compiler.errors import DataError
+from secompile.compiler.core.errors import DataError
 
 
 def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:

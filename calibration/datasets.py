@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.audio import read_audio
-from compiler.errors import DataError
+from secompile.calibration.audio import read_audio
+from secompile.compiler.core.errors import DataError
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 

@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 
-from calibration.audio import resample
+from secompile.calibration.audio import resample
 
 SAMPLE_RATE = 16000
 

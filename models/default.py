@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models.spectral import SpectralEnhancer, StftSpec
+from secompile.models.spectral import SpectralEnhancer, StftSpec
 
 SAMPLE_RATE = 16000
 STFT = StftSpec(n_fft=512, hop=256, window="sqrt_hann")

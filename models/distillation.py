@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from calibration.synthetic import SAMPLE_RATE, SyntheticMixtures, espeak_corpus
-from compiler.progress import ProgressFactory, silent
-from models.train import (
+from secompile.calibration.synthetic import SAMPLE_RATE, SyntheticMixtures, espeak_corpus
+from secompile.compiler.core.progress import ProgressFactory, silent
+from secompile.models.train import (
     STFT_RESOLUTIONS,
     adam_with_schedule,
     enhancement_loss,

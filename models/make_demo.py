@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from calibration.synthetic import (
+from secompile.calibration.synthetic import (
     SAMPLE_RATE,
     SyntheticMixtures,
     espeak_corpus,
@@ -25,7 +25,7 @@ from calibration.synthetic import (
     make_noise,
     mix_at_snr,
 )
-from models.registry import DEMO_DIR
+from secompile.models.registry import DEMO_DIR
 
 TEXT = "Please call Stella and ask her to bring these things with her from the store."
 SNR_DB = 5.0

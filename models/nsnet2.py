@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from compiler.errors import ModelError
-from models.spectral import SpectralEnhancer, StftSpec
+from secompile.compiler.core.errors import ModelError
+from secompile.models.spectral import SpectralEnhancer, StftSpec
 
 SAMPLE_RATE = 16000
 N_FFT = 320

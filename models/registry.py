@@ -4,7 +4,9 @@
   official ``.onnx`` file or a state_dict saved from the port), ``default`` (the shipped
   checkpoint);
 * ``path/to/file.py:factory``: a Python file and a zero-argument function returning a module;
-* a TorchScript archive (``torch.jit.save``).
+* a TorchScript archive (``torch.jit.save``);
+* from the Python API, an ``nn.Module`` in memory (a copy is compiled; the caller's module is
+  never changed).
 
 Checkpoints are loaded with ``torch.load(weights_only=True)``: a pickle that carries code is
 refused. Loading is strict: a checkpoint of another architecture is an error that lists the
@@ -13,7 +15,10 @@ mismatching names.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import importlib.util
+import inspect
 import pickle
 import zipfile
 from collections.abc import Callable
@@ -23,9 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compiler.artifact import Artifact, ModelInfo, file_sha256
-from compiler.errors import ModelError
-from models.spectral import SpectralEnhancer, StftSpec
+from secompile.compiler.core.artifact import Artifact, ModelInfo, file_sha256
+from secompile.compiler.core.errors import ModelError
+from secompile.models.spectral import SpectralEnhancer, StftSpec
 
 
 @dataclass(frozen=True)
@@ -41,32 +46,32 @@ class ModelEntry:
 
 
 def _gtcrn() -> nn.Module:
-    from models import gtcrn
+    from secompile.models import gtcrn
 
     stft = StftSpec(gtcrn.N_FFT, gtcrn.HOP, gtcrn.WINDOW)
     return SpectralEnhancer(gtcrn.GTCRN(), stft, gtcrn.SAMPLE_RATE)
 
 
 def _nsnet2() -> nn.Module:
-    from models import nsnet2
+    from secompile.models import nsnet2
 
     return nsnet2.build_nsnet2()
 
 
 def _nsnet2_from_onnx(path: Path) -> dict[str, torch.Tensor]:
-    from models import nsnet2
+    from secompile.models import nsnet2
 
     return nsnet2.state_dict_from_onnx(path)
 
 
 def _default() -> nn.Module:
-    from models import default
+    from secompile.models import default
 
     return default.build_default(weights=None)
 
 
 def _default_weights() -> Path:
-    from models import default
+    from secompile.models import default
 
     return default.DEFAULT_WEIGHTS
 
@@ -172,8 +177,43 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") for name in archive.namelist())
 
 
-def load_model(ref: str | None, weights: Path | None = None) -> Artifact:
-    """Load the model a user named as a torch :class:`Artifact` in eval mode."""
+def _code_sha256(module: nn.Module) -> str:
+    """sha256 over the code of every class in ``module``'s tree (its source where Python can
+    find it, else its ``forward`` bytecode), so an edited ``forward`` is a new model to the cache
+    even when the weights are the same."""
+    digest = hashlib.sha256()
+    for cls in sorted({type(m) for m in module.modules()}, key=lambda c: c.__qualname__):
+        digest.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+        try:
+            digest.update(inspect.getsource(cls).encode())
+        except (OSError, TypeError):  # defined where no source file exists (a REPL)
+            code = getattr(cls.forward, "__code__", None)
+            digest.update(code.co_code + repr(code.co_consts).encode() if code else b"")
+    return digest.hexdigest()
+
+
+def from_module(module: nn.Module, weights: Path | None = None) -> Artifact:
+    """An in-memory model (the Python API's ``secompile.build(module)``) as a torch
+    :class:`Artifact`: a deep copy in eval mode, so passes never change the caller's module.
+
+    Its ``source`` has ``model: None``: no other process can load it again, so the memory
+    probe traces it (``validate``) and Ray scoring is refused (``secompile.build``)."""
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    module = copy.deepcopy(module)
+    if weights is not None:
+        _strict_load(module, Path(weights), type(module).__name__)
+    return _artifact(module, type(module).__name__,
+                     {"model": None, "in_memory": type(module).__qualname__,
+                      "weights": str(Path(weights).resolve()) if weights else None},
+                     file_sha256(Path(weights)) if weights else None, _code_sha256(module))
+
+
+def load_model(ref: str | nn.Module | None, weights: Path | None = None) -> Artifact:
+    """Load the model a user named (or gave, as an ``nn.Module``) as a torch
+    :class:`Artifact` in eval mode."""
+    if isinstance(ref, nn.Module):
+        return from_module(ref, weights)
     ref = ref or DEFAULT_MODEL
     weights = Path(weights) if weights is not None else None
     code = archive_sha = None
@@ -208,14 +248,23 @@ def load_model(ref: str | None, weights: Path | None = None) -> Artifact:
             f"unknown model '{ref}' (known models: {', '.join(sorted(REGISTRY))}; "
             "or FILE.py:factory, or a TorchScript file)"
         )
+    return _artifact(module, name,
+                     {"model": ref, "weights": str(weights.resolve()) if weights else None},
+                     file_sha256(weights) if weights else archive_sha, code)
+
+
+def _artifact(module: nn.Module, name: str, source: dict, weights_sha256: str | None,
+              code_sha256: str | None) -> Artifact:
+    """``module`` in eval mode as the torch artifact a build starts from; its sample rate is
+    its ``sample_rate`` attribute (16 kHz without one)."""
     module.eval()
     stft = getattr(module, "stft", None)
     info = ModelInfo(
         name=name,
         sample_rate=int(getattr(module, "sample_rate", 16000)),
-        source={"model": ref, "weights": str(weights.resolve()) if weights else None},
-        weights_sha256=file_sha256(weights) if weights else archive_sha,
-        code_sha256=code,
+        source=source,
+        weights_sha256=weights_sha256,
+        code_sha256=code_sha256,
         stft=stft.as_dict() if isinstance(stft, StftSpec) else None,
         params=sum(p.numel() for p in module.parameters()),
     )

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from calibration.synthetic import SAMPLE_RATE, SyntheticMixtures, espeak_corpus
+from secompile.calibration.synthetic import SAMPLE_RATE, SyntheticMixtures, espeak_corpus
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -203,9 +203,9 @@ def evaluate(
 ) -> dict[str, tuple[float, float]]:
     """Mean ``(noisy, enhanced)`` SI-SDR, and with ``perceptual`` PESQ-WB and ESTOI, over the
     paired ``clean/`` + ``noisy/`` folder ``eval_dir`` (the same metrics ``validate`` uses)."""
-    from calibration.datasets import PairedFolder
-    from calibration.metrics import mean_metrics, quality
-    from calibration.metrics import si_sdr as si_sdr_db
+    from secompile.calibration.datasets import PairedFolder
+    from secompile.calibration.metrics import mean_metrics, quality
+    from secompile.calibration.metrics import si_sdr as si_sdr_db
 
     model.eval()
     noisy_rows, enhanced_rows = [], []
@@ -230,8 +230,8 @@ def format_scores(scores: dict[str, tuple[float, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point (``python -m models.train --help``)."""
-    from models.default import build_default, default_core
-    from models.spectral import SpectralEnhancer
+    from secompile.models.default import build_default, default_core
+    from secompile.models.spectral import SpectralEnhancer
 
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -275,8 +275,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{time.monotonic() - t0:.0f}s", flush=True)
     mixtures = SyntheticMixtures(corpus, length=int(args.seconds * SAMPLE_RATE), seed=args.seed)
 
-    from models.default import SAMPLE_RATE as MODEL_RATE
-    from models.default import STFT
+    from secompile.models.default import SAMPLE_RATE as MODEL_RATE
+    from secompile.models.default import STFT
 
     model = SpectralEnhancer(default_core(), STFT, MODEL_RATE)
     n_params = sum(p.numel() for p in model.core.parameters())

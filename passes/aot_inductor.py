@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from compiler.artifact import Artifact
-from compiler.context import PassContext
-from compiler.errors import TargetError
-from compiler.passes import Pass, PassResult, register_pass
-from compiler.torch_export import (
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.errors import TargetError
+from secompile.compiler.core.pass_base import Pass, PassResult
+from secompile.compiler.lowering.torch_export import (
     AOTI_FILE,
     PRECISIONS,
     CompiledShapeConfig,
@@ -42,7 +42,6 @@ class AotInductorConfig(CompiledShapeConfig):
                              f"{self.precision!r}")
 
 
-@register_pass
 class AotInductor(Pass):
     """Write ``model_aoti.pt2``: the model ahead-of-time compiled by TorchInductor.
 

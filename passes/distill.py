@@ -12,26 +12,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from compiler.artifact import Artifact, file_sha256
-from compiler.channels import (
+from secompile.compiler.analysis.channels import (
     channel_groups,
     check_runs,
     conform_to_state,
     drop_rnn_layers,
     remove_channels,
 )
-from compiler.context import PassContext
-from compiler.errors import ConfigError, ModelError
-from compiler.finetune import (
+from secompile.compiler.analysis.graph import example_batch, trace_graph
+from secompile.compiler.analysis.pruning import SelectionRules, importance, select
+from secompile.compiler.core.artifact import Artifact, file_sha256
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.errors import ConfigError, ModelError
+from secompile.compiler.core.pass_base import Pass, PassResult
+from secompile.compiler.training.finetune import (
     TrainingOptions,
     before_after,
     data_fingerprint,
     fine_tune,
     training_source,
 )
-from compiler.graph import example_batch, trace_graph
-from compiler.passes import Pass, PassResult, register_pass
-from compiler.pruning import SelectionRules, importance, select
 
 INITS = ("teacher", "random")
 
@@ -114,7 +114,7 @@ def _shallower(teacher: nn.Module, depth: int, scaled: list[dict[str, Any]]) -> 
 
 
 def _user_student(ref: str, teacher: Artifact, example: torch.Tensor) -> nn.Module:
-    from models.registry import load_model
+    from secompile.models.registry import load_model
 
     try:
         loaded = load_model(ref)
@@ -136,7 +136,6 @@ def _user_student(ref: str, teacher: Artifact, example: torch.Tensor) -> nn.Modu
     return student.eval()
 
 
-@register_pass
 class Distill(Pass):
     """Replace the model by a smaller student trained to reproduce it.
 
@@ -175,7 +174,7 @@ class Distill(Pass):
 
     def restore(self, source: Artifact, state: dict[str, torch.Tensor]) -> Any:
         if self.config.student:
-            from models.registry import load_model
+            from secompile.models.registry import load_model
 
             student = load_model(self.config.student).module
             student.load_state_dict(state)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.artifact import Artifact
-from compiler.context import PassContext
-from compiler.graph import example_batch
-from compiler.onnx_tools import check_export_options, export_torchscript, finish_export
-from compiler.passes import Pass, PassConfig, PassResult, register_pass
+from secompile.compiler.analysis.graph import example_batch
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.pass_base import Pass, PassConfig, PassResult
+from secompile.compiler.lowering.onnx_export import (
+    check_export_options,
+    export_torchscript,
+    finish_export,
+)
 
 INPUT_NAME, OUTPUT_NAME = "noisy", "enhanced"
 ORT_LEVELS = ("disabled", "basic", "extended")
@@ -33,7 +37,6 @@ class ExportOnnxConfig(PassConfig):
             raise ValueError(f"parity_tolerance must be > 0, got {self.parity_tolerance}")
 
 
-@register_pass
 class ExportOnnx(Pass):
     """Export a waveform-in, waveform-out torch model to ONNX with a dynamic time axis.
 

@@ -12,14 +12,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.metrics import si_sdr
-from compiler.artifact import Artifact
-from compiler.context import PassContext
-from compiler.errors import ConfigError, PassError
-from compiler.int8_plan import ensure_node_names, find_layers, signal_nodes
-from compiler.onnx_tools import consumers, quiet_ort_tools
-from compiler.passes import Pass, PassConfig, PassResult, register_pass
-from compiler.runtime import OrtRunner
+from secompile.calibration.metrics import si_sdr
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.errors import ConfigError, PassError
+from secompile.compiler.core.pass_base import Pass, PassConfig, PassResult
+from secompile.compiler.lowering.onnx_export import consumers, quiet_ort_tools
+from secompile.compiler.quantization.int8_plan import ensure_node_names, find_layers, signal_nodes
+from secompile.compiler.runtime.runners import OrtRunner
 
 FP16_MAX = 65504.0
 # Ops whose fp16 result loses far more than one rounding of their inputs: exponentials,
@@ -68,7 +68,6 @@ class Fp16Config(PassConfig):
             raise ValueError(f"keep_fp32_ops must be ONNX op type names, got {bad!r}")
 
 
-@register_pass
 class Fp16(Pass):
     """Convert the fp32 ONNX model to FP16 for GPU runtimes (TensorRT, ORT's CUDA provider),
     with float32 graph inputs and outputs.

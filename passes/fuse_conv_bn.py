@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compiler.artifact import Artifact
-from compiler.context import PassContext
-from compiler.graph import graph_of_artifact, module_path, op_name
-from compiler.passes import Pass, PassConfig, PassResult, register_pass
+from secompile.compiler.analysis.graph import graph_of_artifact, module_path, op_name
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.pass_base import Pass, PassConfig, PassResult
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -84,7 +84,6 @@ def find_conv_bn_pairs(graph: torch.fx.Graph) -> list[tuple[str, str]]:
     return pairs
 
 
-@register_pass
 class FuseConvBn(Pass):
     """Fold BatchNorm into the preceding convolution.
 

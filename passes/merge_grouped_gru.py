@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compiler.artifact import Artifact
-from compiler.context import PassContext
-from compiler.graph import graph_of_artifact, module_path, op_name, within
-from compiler.passes import Pass, PassConfig, PassResult, register_pass
+from secompile.compiler.analysis.graph import graph_of_artifact, module_path, op_name, within
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.pass_base import Pass, PassConfig, PassResult
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,6 @@ def find_grouped_grus(graph: torch.fx.Graph) -> list[tuple[str, list[str]]]:
     return found
 
 
-@register_pass
 class MergeGroupedGru(Pass):
     """Replace grouped GRUs by one block-diagonal GRU.
 

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibration.metrics import si_sdr
-from compiler.artifact import Artifact
-from compiler.context import PassContext
-from compiler.errors import PassError
-from compiler.onnx_tools import quiet_ort_tools
-from compiler.passes import Pass, PassConfig, PassResult, register_pass
-from compiler.runtime import OrtRunner, session_options
+from secompile.calibration.metrics import si_sdr
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.errors import PassError
+from secompile.compiler.core.pass_base import Pass, PassConfig, PassResult
+from secompile.compiler.lowering.onnx_export import quiet_ort_tools
+from secompile.compiler.runtime.runners import OrtRunner, session_options
 
 ORT_FILE = "model.ort"
 OPERATORS_FILE = "model.required_operators.config"
@@ -36,7 +36,6 @@ class OrtFormatConfig(PassConfig):
             raise ValueError(f"min_agreement_db must be > 0, got {self.min_agreement_db}")
 
 
-@register_pass
 class OrtFormat(Pass):
     """Convert the ONNX artifact to ONNX Runtime's ``.ort`` format for mobile and minimal builds.
 

@@ -9,20 +9,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from compiler.artifact import Artifact
-from compiler.channels import channel_groups, check_runs, conform_to_state, remove_channels
-from compiler.context import PassContext
-from compiler.errors import ConfigError
-from compiler.finetune import (
-    TrainingOptions,
-    before_after,
-    data_fingerprint,
-    fine_tune,
-    training_source,
+from secompile.compiler.analysis.channels import (
+    channel_groups,
+    check_runs,
+    conform_to_state,
+    remove_channels,
 )
-from compiler.graph import example_batch, graph_of_artifact
-from compiler.passes import Pass, PassResult, register_pass
-from compiler.pruning import (
+from secompile.compiler.analysis.graph import example_batch, graph_of_artifact
+from secompile.compiler.analysis.pruning import (
     CRITERIA,
     SCOPES,
     SelectionRules,
@@ -32,9 +26,20 @@ from compiler.pruning import (
     select,
     select_for_macs,
 )
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.errors import ConfigError
+from secompile.compiler.core.pass_base import Pass, PassResult
+from secompile.compiler.training.finetune import (
+    TrainingOptions,
+    before_after,
+    data_fingerprint,
+    fine_tune,
+    training_source,
+)
 
 if TYPE_CHECKING:
-    from models.distillation import NoisySource
+    from secompile.models.distillation import NoisySource
 
 ACTIVATION_BATCHES = 4
 
@@ -90,7 +95,6 @@ class PruneConfig(TrainingOptions):
         return self.ratio == 0 and self.macs_reduction == 0
 
 
-@register_pass
 class Prune(Pass):
     """Remove whole channels, then fine-tune the smaller model against the original.
 

@@ -10,14 +10,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from calibration.audio import looped_clip
-from calibration.metrics import si_sdr
-from calibration.readers import ClipReader, calibration_clips
-from compiler.artifact import Artifact
-from compiler.context import PassContext
-from compiler.cpu_features import Int8Layout, detect, int8_layout
-from compiler.errors import ConfigError
-from compiler.int8_plan import (
+from secompile.calibration.audio import looped_clip
+from secompile.calibration.metrics import si_sdr
+from secompile.calibration.readers import ClipReader, calibration_clips
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.errors import ConfigError
+from secompile.compiler.core.pass_base import Pass, PassConfig, PassResult
+from secompile.compiler.core.versions import machine_info
+from secompile.compiler.quantization.int8_plan import (
     TIERS,
     Layer,
     StaticSettings,
@@ -25,10 +26,9 @@ from compiler.int8_plan import (
     ensure_node_names,
     find_layers,
 )
-from compiler.passes import Pass, PassConfig, PassResult, register_pass
-from compiler.runtime import OrtRunner
-from compiler.timing import measure_interleaved
-from compiler.versions import machine_info
+from secompile.compiler.runtime.runners import OrtRunner
+from secompile.compiler.runtime.timing import measure_interleaved
+from secompile.targets.cpu_features import Int8Layout, detect, int8_layout
 
 METHODS = ("minmax", "entropy", "percentile")
 BACKEND = {
@@ -124,7 +124,6 @@ class _Fidelity:
             self.clips, self.references, strict=True)]
 
 
-@register_pass
 class Quantize(Pass):
     """Post-training INT8 for ONNX Runtime on CPUs, decided layer by layer and by measurement.
 

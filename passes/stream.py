@@ -11,12 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compiler.artifact import Artifact
-from compiler.context import PassContext
-from compiler.errors import ModelError, PassError
-from compiler.onnx_tools import check_export_options, export_torchscript, finish_export
-from compiler.passes import Pass, PassConfig, PassResult, register_pass
-from compiler.streaming import (
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.errors import ModelError, PassError
+from secompile.compiler.core.pass_base import Pass, PassConfig, PassResult
+from secompile.compiler.lowering.onnx_export import (
+    check_export_options,
+    export_torchscript,
+    finish_export,
+)
+from secompile.compiler.runtime.streaming import (
     CHUNK_INPUT,
     CHUNK_OUTPUT,
     PROP_PREFIX,
@@ -25,7 +29,7 @@ from compiler.streaming import (
     equivalence,
     within_tolerance,
 )
-from models.spectral import SpectralEnhancer
+from secompile.models.spectral import SpectralEnhancer
 
 CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
 RNN_LAYERS = (nn.GRU, nn.LSTM)
@@ -347,7 +351,6 @@ def _export(step: StreamStep, path: Any, opset: int) -> list[str]:
     return names
 
 
-@register_pass
 class Stream(Pass):
     """Write ``model_stream.onnx``: the model as a hop-by-hop step function with explicit state.
 

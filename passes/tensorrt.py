@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from compiler.artifact import Artifact
-from compiler.context import PassContext
-from compiler.errors import PassError, TargetError
-from compiler.passes import Pass, PassResult, register_pass
-from compiler.torch_export import (
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.errors import PassError, TargetError
+from secompile.compiler.core.pass_base import Pass, PassResult
+from secompile.compiler.lowering.torch_export import (
     TRT_FILE,
     CompiledShapeConfig,
     HopPadded,
@@ -100,7 +100,6 @@ def _tensorrt_decompositions() -> dict | None:
     return get_decompositions()
 
 
-@register_pass
 class TensorRt(Pass):
     """Write ``model_trt.ep``: the model compiled by Torch-TensorRT (the ``gpu`` extra).
 
@@ -127,7 +126,7 @@ class TensorRt(Pass):
         return True
 
     def cache_inputs(self, ctx: PassContext) -> dict[str, Any]:
-        from targets.hardware import detect
+        from secompile.targets.hardware import detect
 
         hw = detect()
         return {"torch_tensorrt": hw.torch_tensorrt, "tensorrt": hw.tensorrt,

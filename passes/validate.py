@@ -9,23 +9,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from calibration.audio import looped_clip
-from compiler.artifact import Artifact
-from compiler.context import PassContext
-from compiler.errors import PassError
-from compiler.passes import Pass, PassConfig, PassResult, register_pass
-from compiler.rss_probe import ProbeError, probe_peak_rss
-from compiler.runtime import Runner, TorchRunner, make_runner
-from compiler.scoring import AudioRules, score_on, score_pair, summarize
-from compiler.streaming import (
+from secompile.calibration.audio import looped_clip
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.errors import PassError
+from secompile.compiler.core.pass_base import Pass, PassConfig, PassResult
+from secompile.compiler.core.versions import machine_info
+from secompile.compiler.distributed.scoring import AudioRules, score_on, score_pair, summarize
+from secompile.compiler.runtime.rss_probe import ProbeError, probe_peak_rss, torch_probe_args
+from secompile.compiler.runtime.runners import Runner, TorchRunner, make_runner
+from secompile.compiler.runtime.streaming import (
     STREAM_FILE,
     StreamSession,
     equivalence,
     measure_latency,
     within_tolerance,
 )
-from compiler.timing import measure_interleaved
-from compiler.versions import machine_info
+from secompile.compiler.runtime.timing import measure_interleaved
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,6 @@ def _ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 3) if denominator else float("nan")
 
 
-@register_pass
 class Validate(Pass):
     """Measure speed, memory, size and quality of the artifact against the fp32 torch model.
 
@@ -193,8 +192,10 @@ class Validate(Pass):
         return out
 
     def _memory(self, artifact: Artifact, ctx: PassContext) -> dict[str, float]:
-        source = ctx.baseline.info.source
-        torch_args = ["torch", source["model"]] + ([source["weights"]] if source["weights"] else [])
+        try:
+            torch_args = torch_probe_args(ctx.baseline.info, ctx.baseline.module, ctx.workdir)
+        except ProbeError as exc:
+            raise PassError("validate", f"memory probe failed: {exc}") from None
         if artifact.format == "onnx":
             artifact_args = ["onnx", str(artifact.path)]
         else:

@@ -9,11 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from calibration.audio import looped_clip
-from compiler.artifact import Artifact, file_sha256
-from compiler.context import PassContext
-from compiler.errors import TargetError
-from compiler.gpu_runtime import (
+from secompile.calibration.audio import looped_clip
+from secompile.compiler.core.artifact import Artifact, file_sha256
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.errors import TargetError
+from secompile.compiler.core.pass_base import Pass, PassConfig, PassResult
+from secompile.compiler.core.versions import machine_info
+from secompile.compiler.distributed.scoring import score_pair, summarize
+from secompile.compiler.lowering.torch_export import AOTI_FILE, TRT_FILE, HopPadded, shape_range
+from secompile.compiler.runtime.gpu import (
     CudaGraphRunner,
     DeviceRunner,
     Model,
@@ -22,10 +26,6 @@ from compiler.gpu_runtime import (
     strict_fp32,
     throughput,
 )
-from compiler.passes import Pass, PassConfig, PassResult, register_pass
-from compiler.scoring import score_pair, summarize
-from compiler.torch_export import AOTI_FILE, TRT_FILE, HopPadded, shape_range
-from compiler.versions import machine_info
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _candidates(artifact: Artifact, ctx: PassContext, hop: int) -> tuple[dict[st
     else:
         missing["tensorrt"] = "no model_trt.ep in this pipeline (tensorrt did not run or apply)"
     if AOTI_FILE in ctx.outputs:
-        import compiler.torch_export  # noqa: F401  (registers the RNN operators it calls)
+        import secompile.compiler.lowering.torch_export  # noqa: F401  (registers the RNN operators it calls)
 
         package = torch._inductor.aoti_load_package(str(ctx.outputs[AOTI_FILE]))
         found["aot-inductor"] = HopPadded(package, hop)
@@ -100,7 +100,6 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 3) if denominator else None
 
 
-@register_pass
 class ValidateGpu(Pass):
     """Measure every gpu artifact of the pipeline against the fp32 eager model on the GPU.
 
@@ -126,7 +125,7 @@ class ValidateGpu(Pass):
         return True
 
     def cache_inputs(self, ctx: PassContext) -> dict[str, Any]:
-        from targets.hardware import detect
+        from secompile.targets.hardware import detect
 
         return {
             "evaluation": ctx.evaluation.fingerprint() if ctx.evaluation else None,
@@ -141,7 +140,7 @@ class ValidateGpu(Pass):
         cfg: ValidateGpuConfig = self.config
         if not torch.cuda.is_available():
             raise TargetError("validate-gpu needs a CUDA GPU; this machine has none")
-        from targets.hardware import detect
+        from secompile.targets.hardware import detect
 
         device = next(d for d in detect().cuda_devices if d.index == 0)
         rate = artifact.info.sample_rate

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from compiler.errors import TargetError
-from targets.base import Target
-from targets.cpu import CPU
-from targets.edge import EDGE
-from targets.gpu import GPU
+from secompile.compiler.core.errors import TargetError
+from secompile.targets.base import Target
+from secompile.targets.cpu import CPU
+from secompile.targets.edge import EDGE
+from secompile.targets.gpu import GPU
 
 TARGETS: dict[str, Target] = {t.name: t for t in (CPU, EDGE, GPU)}
 
@@ -40,7 +40,7 @@ def require_available(target: Target, allow_cpu_only: bool = False) -> str | Non
 def require_cuda_passes(target: Target, passes: list) -> None:
     """Raise ``TargetError`` naming the first pass of ``target``'s pipeline that needs a CUDA
     GPU when this machine has none: refused before any pass runs."""
-    from targets.hardware import detect
+    from secompile.targets.hardware import detect
 
     hw = detect()
     if hw.cuda:

@@ -3,7 +3,7 @@ INT8 is measured faster and keeps quality (``quantize``), fp32 otherwise."""
 
 from __future__ import annotations
 
-from targets.base import Target
+from secompile.targets.base import Target
 
 
 def _cpu_availability() -> str | None:

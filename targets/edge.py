@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from targets.cpu import CPU
+from secompile.targets.cpu import CPU
 
 EDGE = replace(
     CPU,

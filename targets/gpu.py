@@ -18,8 +18,8 @@ unvalidated on a GPU.
 
 from __future__ import annotations
 
-from targets.base import Target
-from targets.hardware import detect
+from secompile.targets.base import Target
+from secompile.targets.hardware import detect
 
 
 def _gpu_availability() -> str | None:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Any
 
-from compiler.cpu_features import detect as detect_cpu
+from secompile.targets.cpu_features import detect as detect_cpu
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from compiler.artifact import Artifact, ModelInfo
-from compiler.context import PassContext
-from models.spectral import SpectralEnhancer, StftSpec
-from targets import get_target
+from secompile.compiler.core.artifact import Artifact, ModelInfo
+from secompile.compiler.core.context import PassContext
+from secompile.models.spectral import SpectralEnhancer, StftSpec
+from secompile.passes import register_builtin
+from secompile.targets import get_target
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 GTCRN_DIR = SHARED_DATA / "models" / "gtcrn"
 VBDEMAND = SHARED_DATA / "audio" / "vbdemand"
+
+register_builtin()  # as the application does: tests resolve pipelines and look passes up
 
 requires_shared = pytest.mark.skipif(
     not GTCRN_DIR.is_dir(), reason=f"shared data not found at {SHARED_DATA}"

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.audio import looped_clip, read_audio
-from compiler.artifact import file_sha256
-from compiler.build import BuildRequest, run_build
-from compiler.rss_probe import probe_peak_rss
-from compiler.runtime import OrtRunner, TorchRunner
-from compiler.timing import measure_interleaved
-from models.registry import DEMO_DIR, load_model
+from secompile.calibration.audio import looped_clip, read_audio
+from secompile.compiler.app.build import BuildRequest, run_build
+from secompile.compiler.core.artifact import file_sha256
+from secompile.compiler.runtime.rss_probe import probe_peak_rss
+from secompile.compiler.runtime.runners import OrtRunner, TorchRunner
+from secompile.compiler.runtime.timing import measure_interleaved
+from secompile.models.registry import DEMO_DIR, load_model
 
 FAST = "fuse-conv-bn,merge-grouped-gru,export-onnx"
 RATE = 16000
@@ -60,7 +60,7 @@ def test_throughput_improvement(built: Path) -> None:
     searched batch size), at one p99 SLO (50 ms, one core), the artifact serves at least 1.25x
     the requests/s of PyTorch eager (``benchmarks/bench_serving.py --cores 1`` measures 1.8x on
     this model at 100 ms; the margin absorbs a short budget on a shared machine)."""
-    from compiler.bench import BenchOptions, baseline_source, bench_artifact
+    from secompile.compiler.app.bench import BenchOptions, baseline_source, bench_artifact
 
     options = BenchOptions(slo_ms=50.0, budget_s=10.0, cores=1, repeats=10, rss=False)
     result = bench_artifact(built, baseline_source(built), options)
@@ -80,8 +80,8 @@ def test_memory_efficiency(built: Path) -> None:
 def test_gpu_utilization() -> None:
     """The GPU is busy while a compiled model serves batches: NVML's utilisation during the
     throughput run is well above idle."""
-    from compiler.gpu_runtime import NvmlSampler, throughput
-    from compiler.torch_export import HopPadded, exportable
+    from secompile.compiler.lowering.torch_export import HopPadded, exportable
+    from secompile.compiler.runtime.gpu import NvmlSampler, throughput
 
     model, _ = exportable(load_model(None, None).module, "cuda", "fp16")
     batch = torch.randn(32, RATE, device="cuda") * 0.1

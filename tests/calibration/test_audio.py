@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calibration.audio import read_audio, resample, write_audio
-from compiler.errors import DataError, UserError
+from secompile.calibration.audio import read_audio, resample, write_audio
+from secompile.compiler.core.errors import DataError, UserError
 from tests.conftest import SHARED_DATA as DATA
 
 VBDEMAND = DATA / "audio" / "vbdemand"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calibration.datasets import AudioFolder, AudioPair, PairedFolder, check_disjoint
-from compiler.errors import DataError
-from models.registry import DEMO_DIR
+from secompile.calibration.datasets import AudioFolder, AudioPair, PairedFolder, check_disjoint
+from secompile.compiler.core.errors import DataError
+from secompile.models.registry import DEMO_DIR
 from tests.conftest import SHARED_DATA as DATA
 
 VBDEMAND = DATA / "audio" / "vbdemand"

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from calibration.audio import read_audio
-from calibration.metrics import (
+from secompile.calibration.audio import read_audio
+from secompile.calibration.metrics import (
     SNR_BUCKETS,
     bucket_name,
     estoi,
@@ -176,7 +176,7 @@ def test_mean_metrics_of_no_rows_is_empty() -> None:
 
 
 def test_estoi_is_nan_for_clips_too_short_to_score() -> None:
-    from calibration.metrics import estoi
+    from secompile.calibration.metrics import estoi
 
     rng = np.random.default_rng(0)
     for n in (300, 4000):

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from calibration import synthetic
-from calibration.synthetic import (
+from secompile.calibration import synthetic
+from secompile.calibration.synthetic import (
     NOISE_KINDS,
     SyntheticMixtures,
     espeak_speech,

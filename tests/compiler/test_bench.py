@@ -18,10 +18,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from compiler.bench import ServeConfig, baseline_source, search_best, thread_splits
-from compiler.cli import main
-from compiler.errors import ModelError
-from compiler.serving import BatchingServer, _misses_to_fail, percentile, run_load
+from secompile.compiler.app.bench import ServeConfig, baseline_source, search_best, thread_splits
+from secompile.compiler.app.cli import main
+from secompile.compiler.core.errors import ModelError
+from secompile.compiler.runtime.serving import (
+    BatchingServer,
+    _misses_to_fail,
+    percentile,
+    run_load,
+)
 
 
 class Recorder:

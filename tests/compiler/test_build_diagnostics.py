@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import compiler.build as build_module
-from compiler.build import BuildRequest, run_build
+import secompile.compiler.app.build as build_module
+from secompile.compiler.app.build import BuildRequest, run_build
 
 PIPELINE = "fuse-conv-bn,export-onnx,validate{repeats=2 long_repeats=1 batch=2 memory=false}"
 

@@ -8,17 +8,19 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from compiler.artifact import file_sha256
-from compiler.cache import PassCache, cache_key
-from compiler.errors import PassError
-from compiler.manager import PassManager
-from compiler.passes import Pass, PassConfig, PassResult
-from compiler.pipeline import PipelineSpec
-from targets import get_target
+from secompile.compiler.core.artifact import file_sha256
+from secompile.compiler.core.cache import PassCache, cache_key
+from secompile.compiler.core.errors import PassError
+from secompile.compiler.core.manager import PassManager
+from secompile.compiler.core.pass_base import Pass, PassConfig, PassResult
+from secompile.compiler.core.pipeline import PipelineSpec
+from secompile.compiler.runtime.parity import default_instruments
+from secompile.targets import get_target
 
 
 def _manager(text: str, cache: PassCache | None = None) -> PassManager:
-    return PassManager.from_spec(PipelineSpec.parse(text), get_target("cpu"), cache=cache)
+    return PassManager.from_spec(PipelineSpec.parse(text), get_target("cpu"), cache=cache,
+                                 instruments=default_instruments())
 
 
 def test_records_instruments_and_cache_hits(tiny, make_ctx, tmp_path) -> None:
@@ -88,9 +90,9 @@ class _Crash(Pass):
 
 
 def test_parity_verifier_names_the_pass_and_those_before(tiny, make_ctx) -> None:
-    from passes.fuse_conv_bn import FuseConvBn
+    from secompile.passes.fuse_conv_bn import FuseConvBn
 
-    manager = PassManager([FuseConvBn(), _Breaker()])
+    manager = PassManager([FuseConvBn(), _Breaker()], instruments=default_instruments())
     with pytest.raises(PassError) as info:
         manager.run(tiny, make_ctx(tiny))
     message = str(info.value)
@@ -105,9 +107,9 @@ def test_internal_failures_become_pass_errors(tiny, make_ctx) -> None:
 
 
 def test_dump_instrument_writes_every_pass_output(tiny, make_ctx, tmp_path) -> None:
-    from compiler.instruments import DumpInstrument, default_instruments
-    from passes.export_onnx import ExportOnnx
-    from passes.fuse_conv_bn import FuseConvBn
+    from secompile.compiler.core.instruments import DumpInstrument
+    from secompile.passes.export_onnx import ExportOnnx
+    from secompile.passes.fuse_conv_bn import FuseConvBn
 
     manager = PassManager([FuseConvBn(), ExportOnnx()],
                           instruments=[*default_instruments(), DumpInstrument(tmp_path / "dump")])
@@ -138,7 +140,7 @@ def test_side_outputs_reach_later_passes_fresh_or_cached(tiny, make_ctx, tmp_pat
 @pytest.mark.parametrize("text", ["prune{ratio=0.5 steps=0 round_to=1 min_agreement_db=0}",
                                   "distill{width=0.5 steps=0}"])
 def test_state_entries_rebuild_the_shrunk_module(tiny, make_ctx, tmp_path, text) -> None:
-    from compiler.cache import STATE_FILE
+    from secompile.compiler.core.cache import STATE_FILE
     from tests.conftest import noise_audio
 
     cache = PassCache(tmp_path / "cache")

@@ -11,9 +11,20 @@ import pytest
 import torch
 from torch import nn
 
-from compiler.channels import channel_groups, conform_to_state, drop_rnn_layers, remove_channels
-from compiler.graph import trace_graph
-from compiler.pruning import SelectionRules, count_macs, importance, select, select_for_macs
+from secompile.compiler.analysis.channels import (
+    channel_groups,
+    conform_to_state,
+    drop_rnn_layers,
+    remove_channels,
+)
+from secompile.compiler.analysis.graph import trace_graph
+from secompile.compiler.analysis.pruning import (
+    SelectionRules,
+    count_macs,
+    importance,
+    select,
+    select_for_macs,
+)
 from tests.conftest import tiny_module
 
 

@@ -10,9 +10,9 @@ from xml.etree import ElementTree
 import pytest
 from click.testing import CliRunner
 
-from compiler.cli import main
-from compiler.compare import compare_reports, parse_tolerances
-from compiler.errors import ConfigError
+from secompile.compiler.app.cli import main
+from secompile.compiler.core.errors import ConfigError
+from secompile.compiler.reporting.compare import compare_reports, parse_tolerances
 
 REPORT = {
     "targets": {

@@ -13,10 +13,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from compiler.distributed import RayExecutor, SerialExecutor, balance, make_executor
-from compiler.errors import ConfigError
-from compiler.runtime import OrtRunner, TorchRunner
-from compiler.scoring import AudioRules, score_file, score_on, summarize
+from secompile.compiler.core.errors import ConfigError
+from secompile.compiler.core.executor import SerialExecutor
+from secompile.compiler.distributed.executors import RayExecutor, balance, make_executor
+from secompile.compiler.distributed.scoring import AudioRules, score_file, score_on, summarize
+from secompile.compiler.runtime.runners import OrtRunner, TorchRunner
 from tests.conftest import TINY_REF, tiny_artifact
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (the 'distributed' extra)")
@@ -58,9 +59,9 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory) -> Path:
-    from compiler.context import PassContext
-    from passes.export_onnx import ExportOnnx
-    from targets import get_target
+    from secompile.compiler.core.context import PassContext
+    from secompile.passes.export_onnx import ExportOnnx
+    from secompile.targets import get_target
     from tests.conftest import noise_audio
 
     artifact = tiny_artifact()
@@ -162,7 +163,7 @@ def test_a_malformed_cluster_address_is_refused_up_front(address) -> None:
 def test_errors_cross_process_boundaries_intact() -> None:
     import pickle
 
-    from compiler.errors import PassError
+    from secompile.compiler.core.errors import PassError
 
     error = pickle.loads(pickle.dumps(PassError("validate", "boom", ("export-onnx",))))
     assert isinstance(error, PassError) and error.pass_name == "validate"

@@ -8,13 +8,18 @@ from pathlib import Path
 
 import torch
 
-from compiler.artifact import Artifact, ModelInfo
-from compiler.gpu_runtime import NvmlSampler, strict_fp32
-from compiler.manager import PipelineRun
-from compiler.report import gpu_entry, render_markdown, target_entry, validation_entry
-from compiler.scoring import summarize
-from compiler.timing import TimingStats
-from passes.validate_gpu import ValidateGpu
+from secompile.compiler.core.artifact import Artifact, ModelInfo
+from secompile.compiler.core.manager import PipelineRun
+from secompile.compiler.distributed.scoring import summarize
+from secompile.compiler.reporting.report import (
+    gpu_entry,
+    render_markdown,
+    target_entry,
+    validation_entry,
+)
+from secompile.compiler.runtime.gpu import NvmlSampler, strict_fp32
+from secompile.compiler.runtime.timing import TimingStats
+from secompile.passes.validate_gpu import ValidateGpu
 
 
 def _quality() -> dict:

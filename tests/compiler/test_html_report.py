@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calibration.audio import read_audio
-from compiler.build import BuildRequest, run_build
-from compiler.html_report import (
+from secompile.calibration.audio import read_audio
+from secompile.compiler.app.build import BuildRequest, run_build
+from secompile.compiler.reporting.html import (
     CLIP_SECONDS,
     HOP,
     N_FFT,

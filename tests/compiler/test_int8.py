@@ -10,9 +10,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.cpu_features import detect, int8_layout, parse_features
-from compiler.gates import GateCheck, Gates, check_quality, failed, write_junit
-from compiler.int8_gru import gru_lowering_refusal, lower_gru_int8, store_gru_weights_int8
+from secompile.compiler.quantization.int8_gru import (
+    gru_lowering_refusal,
+    lower_gru_int8,
+    store_gru_weights_int8,
+)
+from secompile.compiler.reporting.gates import GateCheck, Gates, check_quality, failed, write_junit
+from secompile.targets.cpu_features import detect, int8_layout, parse_features
 
 AVX2_ONLY = "processor : 0\nflags : fpu sse4_1 sse4_2 avx avx2 fma\n"
 VNNI = "processor : 0\nflags : fpu sse4_1 avx2 avx512f avx512bw avx512_vnni\n"

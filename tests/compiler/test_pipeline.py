@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.errors import ConfigError
-from compiler.pipeline import PipelineSpec, canonical_text
-from targets import get_target
+from secompile.compiler.core.errors import ConfigError
+from secompile.compiler.core.pipeline import PipelineSpec, canonical_text
+from secompile.targets import get_target
 
 CPU = get_target("cpu")
 
@@ -77,7 +77,7 @@ def test_including_adds_a_pass_once_before_another() -> None:
 
 
 def test_prune_and_distill_flags_go_after_the_leading_rewrites() -> None:
-    from compiler.build import pipeline_spec
+    from secompile.compiler.app.build import pipeline_spec
 
     cpu, gpu, edge = (get_target(n) for n in ("cpu", "gpu", "edge"))
     spec = pipeline_spec(None, cpu, stream=False, prune=0.5, distill=0.6)

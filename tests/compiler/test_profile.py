@@ -15,18 +15,17 @@ from click.testing import CliRunner
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from compiler.cli import main
-from compiler.profile import (
+from secompile.compiler.analysis.costs import check_flops, count_layer_costs
+from secompile.compiler.analysis.profile import (
     MachinePeak,
     ProfileResult,
-    check_flops,
-    count_layer_costs,
     machine_peak,
     profile_audio,
     profile_onnx,
     profile_torch,
 )
-from models.registry import load_model
+from secompile.compiler.app.cli import main
+from secompile.models.registry import load_model
 from tests.conftest import SHARED_DATA as SHARED
 
 GTCRN_WEIGHTS = SHARED / "models" / "gtcrn" / "gtcrn_vctk.pt"
@@ -203,7 +202,7 @@ def test_cli_profile_bad_reference_exits_2(tmp_path: Path, ref: str,
 
 
 def test_control_flow_nodes_count_only_their_own_time() -> None:
-    from compiler.profile import _exclusive_us
+    from secompile.compiler.analysis.profile import _exclusive_us
 
     scan = {"ts": 100, "dur": 50}
     body = [{"ts": 105, "dur": 10}, {"ts": 120, "dur": 15}]

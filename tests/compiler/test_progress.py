@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 
-from calibration.readers import ClipReader
-from compiler.progress import Progress, silent, wanted
-from compiler.versions import ROOT
+from secompile.calibration.readers import ClipReader
+from secompile.compiler.core.progress import Progress, silent, wanted
+from secompile.compiler.core.versions import ROOT
 
 
 class _Terminal(io.StringIO):
@@ -49,7 +49,7 @@ def test_calibration_reader_reports_each_clip() -> None:
 
 def test_build_draws_bars_on_a_terminal_and_none_in_a_pipe(tmp_path) -> None:
     """The same build twice: stderr on a pseudo-terminal gets bars; a pipe (CI logs) none."""
-    command = [sys.executable, "-m", "compiler.cli", "build", "--pipeline",
+    command = [sys.executable, "-m", "secompile", "build", "--pipeline",
                "fuse-conv-bn,export-onnx,validate{repeats=2 long_repeats=1 batch=2 memory=false}",
                "--no-ray", "--no-cache"]
     env = {k: v for k, v in os.environ.items() if k != "CI"}

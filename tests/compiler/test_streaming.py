@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from compiler.errors import ModelError
-from compiler.streaming import StreamSession, within_tolerance, zero_boundary_offline
+from secompile.compiler.core.errors import ModelError
+from secompile.compiler.runtime.streaming import (
+    StreamSession,
+    within_tolerance,
+    zero_boundary_offline,
+)
 from tests.conftest import noise_audio, tiny_module
 
 
@@ -51,7 +55,7 @@ def test_load_generators_stop_by_themselves() -> None:
     import subprocess
     import sys
 
-    from compiler.timing import _HOG, cpu_hogs
+    from secompile.compiler.runtime.timing import _HOG, cpu_hogs
 
     hog = subprocess.Popen([sys.executable, "-c", _HOG, "0.3"])
     assert hog.wait(timeout=10) == 0  # its time limit, even if nobody kills it

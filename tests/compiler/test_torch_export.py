@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from compiler.torch_export import (
+from secompile.compiler.lowering.torch_export import (
     HopPadded,
     OpaqueRNN,
     ShapeRange,
@@ -18,7 +18,7 @@ from compiler.torch_export import (
     exportable,
     opaque_rnns,
 )
-from passes.tensorrt import count_ops, op_coverage
+from secompile.passes.tensorrt import count_ops, op_coverage
 from tests.conftest import noise_audio
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),

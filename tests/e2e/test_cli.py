@@ -12,8 +12,8 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from compiler.artifact import file_sha256
-from compiler.cli import main
+from secompile.compiler.app.cli import main
+from secompile.compiler.core.artifact import file_sha256
 from tests.conftest import GTCRN_DIR, TINY_REF, VBDEMAND, requires_shared
 
 FAST = "fuse-conv-bn,export-onnx,validate{repeats=4 long_repeats=2 batch=2}"

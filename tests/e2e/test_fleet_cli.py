@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.artifact import file_sha256
+from secompile.compiler.core.artifact import file_sha256
 from tests.conftest import TINY_REF
 from tests.e2e.test_cli import _cli
 
@@ -156,8 +156,8 @@ def test_build_validation_on_a_ray_cluster_equals_serial(ray_cluster, tmp_path) 
 
 
 def test_interrupted_fleet_leaves_no_partial_artifact_or_summary(tmp_path) -> None:
-    from compiler.distributed import SerialExecutor
-    from compiler.fleet import load_fleet, run_fleet
+    from secompile.compiler.app.fleet import load_fleet, run_fleet
+    from secompile.compiler.core.executor import SerialExecutor
 
     class InterruptedAfterFirst(SerialExecutor):
         def map(self, fn, items, num_cpus=1, num_gpus=0, return_exceptions=False):
@@ -177,8 +177,8 @@ def test_interrupted_fleet_leaves_no_partial_artifact_or_summary(tmp_path) -> No
 
 
 def test_a_lost_build_task_is_a_failed_build_not_a_lost_fleet(tmp_path) -> None:
-    from compiler.distributed import SerialExecutor
-    from compiler.fleet import load_fleet, run_fleet
+    from secompile.compiler.app.fleet import load_fleet, run_fleet
+    from secompile.compiler.core.executor import SerialExecutor
 
     class LosesTheLast(SerialExecutor):
         def map(self, fn, items, num_cpus=1, num_gpus=0, return_exceptions=False):

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from compiler.artifact import file_sha256
-from compiler.cli import main
+from secompile.compiler.app.cli import main
+from secompile.compiler.core.artifact import file_sha256
 from tests.conftest import TINY_REF, speechlike
 
 VALIDATE = "validate{repeats=4 long_repeats=2 batch=2 memory=false}"

@@ -12,8 +12,8 @@ import numpy as np
 import soundfile as sf
 from click.testing import CliRunner
 
-from compiler.cli import main
-from models.registry import DEMO_DIR
+from secompile.compiler.app.cli import main
+from secompile.models.registry import DEMO_DIR
 
 INT8 = ("fuse-conv-bn,export-onnx,quantize{min_speedup=0.0 timing_repeats=3},"
         "validate{repeats=4 long_repeats=2 batch=2 memory=false}")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from compiler.artifact import file_sha256
-from compiler.streaming import STREAM_FILE, StreamSession
+from secompile.compiler.core.artifact import file_sha256
+from secompile.compiler.runtime.streaming import STREAM_FILE, StreamSession
 from tests.e2e.test_cli import _cli
 
 QUICK_VALIDATE = "validate{repeats=4 long_repeats=2 batch=2 memory=false}"

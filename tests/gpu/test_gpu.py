@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from compiler.cli import main
+from secompile.compiler.app.cli import main
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,7 +28,7 @@ def _conv_model() -> nn.Module:
 
 
 def test_cuda_graph_replay_matches_the_plain_call() -> None:
-    from compiler.gpu_runtime import CudaGraphRunner
+    from secompile.compiler.runtime.gpu import CudaGraphRunner
 
     model = _conv_model()
     x = torch.randn(1, 16000, device="cuda")
@@ -42,7 +42,7 @@ def test_cuda_graph_replay_matches_the_plain_call() -> None:
 
 
 def test_cuda_event_latency_and_throughput() -> None:
-    from compiler.gpu_runtime import cuda_latency, throughput
+    from secompile.compiler.runtime.gpu import cuda_latency, throughput
 
     model = _conv_model()
     x = torch.randn(1, 16000, device="cuda")
@@ -53,7 +53,7 @@ def test_cuda_event_latency_and_throughput() -> None:
 
 
 def test_nvml_sampler_sees_the_gpu_busy() -> None:
-    from compiler.gpu_runtime import NvmlSampler, throughput
+    from secompile.compiler.runtime.gpu import NvmlSampler, throughput
 
     with NvmlSampler(period_s=0.01) as sampler:
         throughput(_conv_model(), torch.randn(32, 16000, device="cuda"), min_seconds=0.5)
@@ -64,7 +64,7 @@ def test_nvml_sampler_sees_the_gpu_busy() -> None:
 
 
 def test_aot_inductor_fp16_package_on_cuda(tiny, make_ctx) -> None:
-    from passes.aot_inductor import AotInductor, AotInductorConfig
+    from secompile.passes.aot_inductor import AotInductor, AotInductorConfig
 
     result = AotInductor(AotInductorConfig(max_frames=800)).run(tiny, make_ctx(tiny))
     assert result.metrics["device"] == "cuda" and result.metrics["precision"] == "fp16"
@@ -73,7 +73,7 @@ def test_aot_inductor_fp16_package_on_cuda(tiny, make_ctx) -> None:
 
 def test_tensorrt_program_and_op_coverage(tiny, make_ctx) -> None:
     pytest.importorskip("torch_tensorrt", reason="Torch-TensorRT is not installed (gpu extra)")
-    from passes.tensorrt import TensorRt, TensorRtConfig
+    from secompile.passes.tensorrt import TensorRt, TensorRtConfig
 
     result = TensorRt(TensorRtConfig(max_frames=800, require=True)).run(tiny, make_ctx(tiny))
     coverage = result.metrics["op_coverage"]

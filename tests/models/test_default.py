@@ -10,13 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.default import (
-    DEFAULT_WEIGHTS,
-    STFT,
-    TinyCRN,
-    build_default,
-    default_core,
-)
+from secompile.models.default import DEFAULT_WEIGHTS, STFT, TinyCRN, build_default, default_core
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibration.synthetic import SyntheticMixtures
-from compiler.progress import Progress
-from models.distillation import (
+from secompile.calibration.synthetic import SyntheticMixtures
+from secompile.compiler.core.progress import Progress
+from secompile.models.distillation import (
     HOLDOUT_OFFSET,
     DistillConfig,
     DistillResult,
@@ -30,7 +30,7 @@ from models.distillation import (
     distill,
     teacher_agreement_db,
 )
-from models.train import enhancement_loss
+from secompile.models.train import enhancement_loss
 from tests.conftest import tiny_module
 
 RATE = 16000

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.gtcrn import GTCRN, HOP, N_FFT
+from secompile.models.gtcrn import GTCRN, HOP, N_FFT
 from tests.conftest import SHARED_DATA as DATA
 from tests.conftest import assert_core_exports
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.metrics import si_sdr
-from compiler.errors import ModelError
-from models.nsnet2 import (
+from secompile.calibration.metrics import si_sdr
+from secompile.compiler.core.errors import ModelError
+from secompile.models.nsnet2 import (
     HOP,
     N_FFT,
     SAMPLE_RATE,
@@ -18,8 +18,8 @@ from models.nsnet2 import (
     build_nsnet2,
     state_dict_from_onnx,
 )
-from models.registry import load_model
-from models.spectral import SpectralEnhancer
+from secompile.models.registry import load_model
+from secompile.models.spectral import SpectralEnhancer
 from tests.conftest import SHARED_DATA as DATA
 from tests.conftest import assert_core_exports
 

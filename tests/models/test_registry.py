@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from compiler.artifact import Artifact
-from compiler.errors import ModelError
-from models.registry import REGISTRY, describe_models, load_model, load_state_dict
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.errors import ModelError
+from secompile.models.registry import REGISTRY, describe_models, load_model, load_state_dict
 from tests.conftest import SHARED_DATA as DATA
 
 GTCRN_DIR = DATA / "models" / "gtcrn"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compiler.errors import ConfigError, TargetError
-from compiler.torch_export import HopPadded
-from passes.aot_inductor import AOTI_FILE, AotInductor, AotInductorConfig
+from secompile.compiler.core.errors import ConfigError, TargetError
+from secompile.compiler.lowering.torch_export import HopPadded
+from secompile.passes.aot_inductor import AOTI_FILE, AotInductor, AotInductorConfig
 from tests.conftest import noise_audio
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

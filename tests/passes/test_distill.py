@@ -12,14 +12,14 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from calibration.datasets import PairedFolder
-from compiler.artifact import Artifact, ModelInfo
-from compiler.context import PassContext
-from compiler.errors import ConfigError
-from compiler.instruments import parity_error
-from models.spectral import SpectralEnhancer, StftSpec
-from passes.distill import Distill, DistillPassConfig
-from targets import get_target
+from secompile.calibration.datasets import PairedFolder
+from secompile.compiler.core.artifact import Artifact, ModelInfo
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.errors import ConfigError
+from secompile.compiler.runtime.parity import parity_error
+from secompile.models.spectral import SpectralEnhancer, StftSpec
+from secompile.passes.distill import Distill, DistillPassConfig
+from secompile.targets import get_target
 from tests.conftest import TinyCore, noise_audio, randomize_batchnorm, speechlike, tiny_artifact
 
 RATE = 16000
@@ -30,7 +30,7 @@ STUDENT_CODE = '''
 import torch
 from torch import nn
 
-from models.spectral import SpectralEnhancer, StftSpec
+from secompile.models.spectral import SpectralEnhancer, StftSpec
 
 
 class MaskOnly(nn.Module):

@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.errors import ConfigError
-from compiler.instruments import parity_error
-from compiler.runtime import OrtRunner
-from passes.export_onnx import ExportOnnx, ExportOnnxConfig
+from secompile.compiler.core.errors import ConfigError
+from secompile.compiler.runtime.parity import parity_error
+from secompile.compiler.runtime.runners import OrtRunner
+from secompile.passes.export_onnx import ExportOnnx, ExportOnnxConfig
 from tests.conftest import GTCRN_DIR, VBDEMAND, noise_audio, requires_shared
 
 
@@ -45,8 +45,8 @@ def test_dft_compaction_shrinks_file_and_keeps_output(tiny, make_ctx) -> None:
 
 @requires_shared
 def test_gtcrn_parity_on_real_audio(make_ctx) -> None:
-    from calibration.audio import read_audio
-    from models.registry import load_model
+    from secompile.calibration.audio import read_audio
+    from secompile.models.registry import load_model
 
     art = load_model("gtcrn", GTCRN_DIR / "gtcrn_vctk.pt")
     audio = read_audio(min((VBDEMAND / "noisy").glob("*.wav")), 16000)[None, :]
@@ -73,7 +73,7 @@ def test_prelu_rewrite_is_exact(slope: np.ndarray, op: str, tmp_path) -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from compiler.onnx_tools import rewrite_prelu
+    from secompile.compiler.lowering.onnx_export import rewrite_prelu
 
     graph = helper.make_graph(
         [helper.make_node("PRelu", ["x", "slope"], ["y"], name="act")], "g",

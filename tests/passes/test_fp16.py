@@ -9,16 +9,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.audio import read_audio
-from compiler.artifact import Artifact, ModelInfo, onnx_props
-from compiler.context import PassContext
-from compiler.errors import ConfigError, PassError
-from compiler.int8_plan import signal_nodes
-from compiler.runtime import OrtRunner
-from models.registry import DEMO_DIR, load_model
-from passes.export_onnx import ExportOnnx
-from passes.fp16 import DEFAULT_SENSITIVE_OPS, FP16_MAX, Fp16, Fp16Config
-from targets import get_target
+from secompile.calibration.audio import read_audio
+from secompile.compiler.core.artifact import Artifact, ModelInfo, onnx_props
+from secompile.compiler.core.context import PassContext
+from secompile.compiler.core.errors import ConfigError, PassError
+from secompile.compiler.quantization.int8_plan import signal_nodes
+from secompile.compiler.runtime.runners import OrtRunner
+from secompile.models.registry import DEMO_DIR, load_model
+from secompile.passes.export_onnx import ExportOnnx
+from secompile.passes.fp16 import DEFAULT_SENSITIVE_OPS, FP16_MAX, Fp16, Fp16Config
+from secompile.targets import get_target
 from tests.conftest import noise_audio
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -168,10 +168,10 @@ def test_range_check_keeps_overflowing_nodes_fp32(tmp_path) -> None:
 def test_without_the_range_check_the_storage_simulation_fails(tmp_path, monkeypatch) -> None:
     """ONNX Runtime CPU runs the fp16 chain in fp32 and hides the overflow; the fp16 storage
     simulation shows it."""
-    import passes.fp16
+    from secompile.passes import fp16
 
     art = _overflow_model(tmp_path / "overflow.onnx")
-    monkeypatch.setattr(passes.fp16, "_overflows", lambda *args: [])
+    monkeypatch.setattr(fp16, "_overflows", lambda *args: [])
     with pytest.raises(PassError, match=r"fp16_storage/parity_peak_1.0 non-finite"):
         Fp16().run(art, _ctx(art, tmp_path / "work", noise_audio(0.5)))
 

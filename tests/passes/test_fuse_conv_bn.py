@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from compiler.artifact import Artifact
-from compiler.errors import ConfigError
-from compiler.instruments import parity_error
-from passes.fuse_conv_bn import FuseConvBn, FuseConvBnConfig, fold_batchnorm
+from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.errors import ConfigError
+from secompile.compiler.runtime.parity import parity_error
+from secompile.passes.fuse_conv_bn import FuseConvBn, FuseConvBnConfig, fold_batchnorm
 from tests.conftest import GTCRN_DIR, noise_audio, randomize_batchnorm, requires_shared
 
 
@@ -75,14 +75,14 @@ def test_conv_output_used_twice_is_not_folded(make_ctx) -> None:
 
 
 def _info():
-    from compiler.artifact import ModelInfo
+    from secompile.compiler.core.artifact import ModelInfo
 
     return ModelInfo("shared", 16000, {"model": "x", "weights": None})
 
 
 @requires_shared
 def test_gtcrn_grouped_transposed_convs_fold_within_tolerance(make_ctx) -> None:
-    from models.registry import load_model
+    from secompile.models.registry import load_model
 
     art = load_model("gtcrn", GTCRN_DIR / "gtcrn_dns3.pt")
     result = FuseConvBn().run(art, make_ctx(art))

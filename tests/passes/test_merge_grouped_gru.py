@@ -6,10 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from compiler.artifact import Artifact, ModelInfo
-from compiler.errors import ConfigError
-from compiler.instruments import parity_error
-from passes.merge_grouped_gru import MergedGroupedGru, MergeGroupedGru, MergeGroupedGruConfig
+from secompile.compiler.core.artifact import Artifact, ModelInfo
+from secompile.compiler.core.errors import ConfigError
+from secompile.compiler.runtime.parity import parity_error
+from secompile.passes.merge_grouped_gru import (
+    MergedGroupedGru,
+    MergeGroupedGru,
+    MergeGroupedGruConfig,
+)
 from tests.conftest import GTCRN_DIR, noise_audio, requires_shared
 
 
@@ -78,7 +82,7 @@ def test_model_without_grouped_gru_is_not_modified(tiny, make_ctx) -> None:
 
 @requires_shared
 def test_gtcrn_grouped_dual_path_rnns(make_ctx) -> None:
-    from models.registry import load_model
+    from secompile.models.registry import load_model
 
     art = load_model("gtcrn", GTCRN_DIR / "gtcrn_dns3.pt")
     result = MergeGroupedGru().run(art, make_ctx(art))

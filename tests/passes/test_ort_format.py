@@ -5,9 +5,9 @@ from __future__ import annotations
 import onnxruntime as ort
 import pytest
 
-from compiler.errors import ConfigError
-from passes.export_onnx import ExportOnnx
-from passes.ort_format import OPERATORS_FILE, ORT_FILE, OrtFormat, OrtFormatConfig
+from secompile.compiler.core.errors import ConfigError
+from secompile.passes.export_onnx import ExportOnnx
+from secompile.passes.ort_format import OPERATORS_FILE, ORT_FILE, OrtFormat, OrtFormatConfig
 from tests.conftest import noise_audio
 
 

@@ -14,13 +14,13 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from calibration.datasets import AudioFolder, PairedFolder
-from compiler.errors import ConfigError
-from compiler.instruments import parity_error
-from compiler.pipeline import PipelineSpec
-from passes.export_onnx import ExportOnnx
-from passes.prune import Prune, PruneConfig
-from targets import get_target
+from secompile.calibration.datasets import AudioFolder, PairedFolder
+from secompile.compiler.core.errors import ConfigError
+from secompile.compiler.core.pipeline import PipelineSpec
+from secompile.compiler.runtime.parity import parity_error
+from secompile.passes.export_onnx import ExportOnnx
+from secompile.passes.prune import Prune, PruneConfig
+from secompile.targets import get_target
 from tests.conftest import noise_audio, speechlike, tiny_artifact
 
 RATE = 16000
@@ -300,9 +300,9 @@ def test_an_unreachable_mac_target_prunes_nothing_and_says_so(tiny, make_ctx) ->
 
 def test_without_espeak_ng_the_default_data_leaves_the_model_unpruned(
         tiny, make_ctx, monkeypatch) -> None:
-    import calibration.synthetic
+    from secompile.calibration import synthetic
 
-    monkeypatch.setattr(calibration.synthetic.shutil, "which", lambda _: None)
+    monkeypatch.setattr(synthetic.shutil, "which", lambda _: None)
     result = Prune(PruneConfig(ratio=0.5, round_to=1, steps=5)).run(tiny, make_ctx(tiny))
     assert not result.modified and result.artifact is tiny
     assert "espeak-ng" in result.metrics["skipped"]

@@ -7,15 +7,15 @@ import onnx
 import pytest
 import torch
 
-from calibration.datasets import AudioFolder
-from compiler.artifact import Artifact, ModelInfo
-from compiler.errors import ConfigError
-from compiler.instruments import parity_error
-from compiler.runtime import OrtRunner
-from models.registry import DEMO_DIR
-from models.spectral import SpectralEnhancer, StftSpec
-from passes.export_onnx import ExportOnnx
-from passes.quantize import Quantize, QuantizeConfig
+from secompile.calibration.datasets import AudioFolder
+from secompile.compiler.core.artifact import Artifact, ModelInfo
+from secompile.compiler.core.errors import ConfigError
+from secompile.compiler.runtime.parity import parity_error
+from secompile.compiler.runtime.runners import OrtRunner
+from secompile.models.registry import DEMO_DIR
+from secompile.models.spectral import SpectralEnhancer, StftSpec
+from secompile.passes.export_onnx import ExportOnnx
+from secompile.passes.quantize import Quantize, QuantizeConfig
 from tests.conftest import noise_audio
 
 FAST = {"timing_repeats": 3, "calibration_clips": 4, "calibration_seconds": 2.0}
@@ -165,7 +165,7 @@ def test_lstm_gets_onnx_runtime_dynamic_int8(make_ctx) -> None:
 def test_clip_reader_is_an_onnx_runtime_calibration_reader() -> None:
     from onnxruntime.quantization import CalibrationDataReader
 
-    from calibration.readers import ClipReader
+    from secompile.calibration.readers import ClipReader
 
     reader = ClipReader("noisy", [noise_audio(0.1), noise_audio(0.2)])
     assert isinstance(reader, CalibrationDataReader)

@@ -10,18 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compiler.artifact import Artifact, ModelInfo
-from compiler.errors import ConfigError, ModelError
-from compiler.passes import PassConfig
-from compiler.streaming import (
+from secompile.compiler.core.artifact import Artifact, ModelInfo
+from secompile.compiler.core.errors import ConfigError, ModelError
+from secompile.compiler.core.pass_base import PassConfig
+from secompile.compiler.runtime.streaming import (
     CHUNK_INPUT,
     CHUNK_OUTPUT,
     STREAM_FILE,
     StreamSession,
     zero_boundary_offline,
 )
-from models.spectral import SpectralEnhancer, StftSpec
-from passes.stream import Stream, StreamConfig, find_time_layers
+from secompile.models.spectral import SpectralEnhancer, StftSpec
+from secompile.passes.stream import Stream, StreamConfig, find_time_layers
 from tests.conftest import GTCRN_DIR, SHARED_DATA, VBDEMAND, noise_audio, requires_shared
 
 N_FFT, HOP = 128, 64
@@ -250,7 +250,7 @@ def test_time_mixing_outside_layers_fails_the_equivalence_proof(make_ctx) -> Non
             return spec * self.scale - spec.mean(dim=2, keepdim=True)
 
     artifact = _artifact(_enhancer(MeanOverTime()))
-    from compiler.errors import PassError
+    from secompile.compiler.core.errors import PassError
 
     with pytest.raises(PassError, match="mixes frames"):
         Stream().run(artifact, make_ctx(artifact))
@@ -271,9 +271,9 @@ def test_config_is_a_pass_config() -> None:
 @pytest.mark.parametrize("checkpoint", ["gtcrn_dns3.pt", "gtcrn_dns3_stream.pt", "gtcrn_vctk.pt",
                                         "nsnet2"])
 def test_real_models_stream_equal_offline_on_the_shared_pairs(checkpoint, make_ctx) -> None:
-    from calibration.datasets import PairedFolder
-    from compiler.streaming import equivalence, within_tolerance
-    from models.registry import load_model
+    from secompile.calibration.datasets import PairedFolder
+    from secompile.compiler.runtime.streaming import equivalence, within_tolerance
+    from secompile.models.registry import load_model
 
     if checkpoint == "nsnet2":
         artifact = load_model("nsnet2", SHARED_DATA / "models" / "nsnet2" / "nsnet2-16k.onnx")

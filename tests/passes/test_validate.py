@@ -7,10 +7,10 @@ import shutil
 import pytest
 import soundfile as sf
 
-from calibration.datasets import PairedFolder
-from compiler.errors import ConfigError
-from passes.export_onnx import ExportOnnx
-from passes.validate import Validate, ValidateConfig
+from secompile.calibration.datasets import PairedFolder
+from secompile.compiler.core.errors import ConfigError
+from secompile.passes.export_onnx import ExportOnnx
+from secompile.passes.validate import Validate, ValidateConfig
 from tests.conftest import noise_audio
 
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from compiler.cli import main
-from compiler.errors import TargetError
-from passes.aot_inductor import AotInductor, AotInductorConfig
-from passes.tensorrt import TensorRt
-from passes.validate_gpu import ValidateGpu
-from targets import TARGETS, require_available, require_cuda_passes
+from secompile.compiler.app.cli import main
+from secompile.compiler.core.errors import TargetError
+from secompile.passes.aot_inductor import AotInductor, AotInductorConfig
+from secompile.passes.tensorrt import TensorRt
+from secompile.passes.validate_gpu import ValidateGpu
+from secompile.targets import TARGETS, require_available, require_cuda_passes
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 

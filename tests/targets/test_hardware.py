@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from targets.hardware import CudaDevice, Hardware, describe, detect, package_version
+from secompile.targets.hardware import CudaDevice, Hardware, describe, detect, package_version
 
 
 def _machine(**changes) -> Hardware:

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from compiler.errors import TargetError
-from compiler.pipeline import PipelineSpec
-from targets import TARGETS, Target, get_target, require_available
+from secompile.compiler.core.errors import TargetError
+from secompile.compiler.core.pipeline import PipelineSpec
+from secompile.targets import TARGETS, Target, get_target, require_available
 
 
 def test_cpu_target_is_registered() -> None:
