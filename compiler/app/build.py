@@ -22,7 +22,7 @@ from secompile.calibration.audio import read_audio
 from secompile.calibration.datasets import AudioFolder, PairedFolder, check_disjoint
 from secompile.compiler.core.cache import PassCache
 from secompile.compiler.core.context import PassContext
-from secompile.compiler.core.errors import OutputError
+from secompile.compiler.core.errors import ConfigError, OutputError
 from secompile.compiler.core.instruments import DumpInstrument
 from secompile.compiler.core.manager import PassManager, PipelineRun
 from secompile.compiler.core.pipeline import PassSpec, PipelineSpec
@@ -58,7 +58,7 @@ REWRITES = ("fuse-conv-bn", "merge-grouped-gru")
 class BuildRequest:
     """Everything ``secompile build`` was asked to do."""
 
-    model: str | None
+    model: Any  # a reference (str), an nn.Module (the Python API) or None (the default)
     out: Path
     weights: Path | None = None
     targets: tuple[str, ...] = ("cpu",)
@@ -77,6 +77,19 @@ class BuildRequest:
     gates: Gates = field(default_factory=Gates)
     allow_cpu_only: bool = False  # build a target lacking its hardware from its CPU pipeline
     progress: bool = False  # draw progress bars on stderr (the CLI decides: a terminal, not CI)
+
+    def __post_init__(self) -> None:
+        """The ranges the CLI's options enforce, for every other way in (API, fleet)."""
+        if not self.targets:
+            raise ConfigError("no target to build: name at least one (e.g. cpu)")
+        if not 1 <= self.threads <= 256:
+            raise ConfigError(f"threads must be within [1, 256], got {self.threads}")
+        if self.prune is not None and not 0 <= self.prune < 1:
+            raise ConfigError(f"prune (fraction of MACs to remove) must be within [0, 1), "
+                              f"got {self.prune}")
+        if self.distill is not None and not 0 < self.distill < 1:
+            raise ConfigError(f"distill (student width) must be within (0, 1), "
+                              f"got {self.distill}")
 
 
 def check_writable(folder: Path, what: str = "output folder") -> None:
@@ -237,7 +250,7 @@ def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None
     artifact = load_model(request.model, request.weights)
     rate = artifact.info.sample_rate
     eval_root = request.eval
-    if eval_root is None and request.model in (None, "default"):
+    if eval_root is None and (request.model is None or request.model == "default"):
         eval_root = DEMO_DIR
     shortest = artifact.info.min_samples
     audio_rules = {"min_samples": shortest, "allow_resample": request.resample}

@@ -19,15 +19,11 @@ from typing import Any
 
 import click
 
+from secompile.compiler.app.api import default_cache_dir
 from secompile.compiler.core.artifact import onnx_props
 from secompile.compiler.core.errors import ModelError, SecompileError
 from secompile.compiler.core.progress import Progress
 from secompile.compiler.core.progress import wanted as progress_wanted
-
-
-def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "secompile"
 
 
 def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -133,7 +129,7 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
         calib=calib, eval=eval_dir, threads=threads, seed=seed, dump_dir=dump_dir,
         resample=resample, stream=stream, prune=prune, distill=distill,
         ray=None if no_ray else ray,
-        cache_dir=None if no_cache else (cache_dir or _default_cache_dir()),
+        cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
         gates=Gates(max_si_sdr_drop, max_pesq_drop), allow_cpu_only=allow_cpu_only,
         progress=not quiet and progress_wanted(sys.stderr, dict(os.environ)),
     )
@@ -187,7 +183,7 @@ def build_many(fleet: Path, out: Path, cache_dir: Path | None, no_cache: bool, r
     if no_cache:
         builds = with_cache(builds, None)
     elif all(b.request.cache_dir is None for b in builds):
-        builds = with_cache(builds, _default_cache_dir())
+        builds = with_cache(builds, default_cache_dir())
     check_writable(out)
     executor = make_executor(None if no_ray else ray)
     try:
@@ -206,21 +202,15 @@ def build_many(fleet: Path, out: Path, cache_dir: Path | None, no_cache: bool, r
 
 def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int, int]:
     """A runner, its sample rate and its shortest accepted input, for an ONNX file, a build
-    folder or a model reference."""
-    from secompile.compiler.analysis.profile import onnx_audio_contract
+    folder or a model reference (a streaming artifact needs ``--stream``)."""
+    from secompile.compiler.app.api import model_runner
     from secompile.compiler.core.artifact import find_artifact
-    from secompile.compiler.runtime.runners import OrtRunner, TorchRunner
-    from secompile.models.registry import load_model
 
     path = find_artifact(ref)
-    if path is not None:
-        rate, shortest = onnx_audio_contract(path)  # also proves the file is ONNX
-        if "secompile.stream.hop" in onnx_props(path):
-            raise ModelError(f"{path} is a streaming artifact: run it with --stream")
-        return OrtRunner(path, threads), rate, shortest
-    artifact = load_model(ref, weights)
-    info = artifact.info
-    return TorchRunner(artifact.module, threads), info.sample_rate, info.min_samples
+    if path is not None and "secompile.stream.hop" in onnx_props(path):
+        raise ModelError(f"{path} is a streaming artifact: run it with --stream")
+    runner, rate, shortest, _ = model_runner(ref, weights, threads)
+    return runner, rate, shortest
 
 
 def _stream_runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int, int]:
@@ -285,25 +275,16 @@ def enhance(artifact: str, inputs: tuple[Path, ...], out: Path, stream: bool,
 def compare(new: Path, baseline: Path, tolerances: tuple[str, ...], junit: Path | None,
             markdown: Path | None) -> None:
     """Compare NEW/report.json with BASELINE/report.json; exit 3 on a regression."""
-    from secompile.compiler.reporting.compare import (
-        compare_reports,
-        load_report,
-        parse_tolerances,
-        render_markdown,
-        render_table,
-        write_junit,
-    )
+    from secompile.compiler.app.api import compare as compare_builds
 
-    limits = parse_tolerances(tolerances)
-    findings = compare_reports(load_report(new), load_report(baseline), limits)
-    click.echo(render_table(findings), nl=False)
+    comparison = compare_builds(new, baseline, tolerances)
+    click.echo(comparison.table(), nl=False)
     if junit:
-        write_junit(findings, junit)
+        comparison.write_junit(junit)
     if markdown:
-        markdown.write_text(render_markdown(findings, new, baseline))
-    failed = [f for f in findings if f.failed]
-    if failed:
-        names = ", ".join(f"{f.target}.{f.gate}" for f in failed)
+        markdown.write_text(comparison.markdown())
+    if comparison.failed:
+        names = ", ".join(f"{f.target}.{f.gate}" for f in comparison.failed)
         click.echo(f"regression: {names}", err=True)
         sys.exit(3)
 
@@ -327,34 +308,11 @@ def profile_cmd(model_or_artifact: str, weights: Path | None, seconds: float,
     """Where the time goes: per-layer time (a model: registry name, FILE.py:factory or
     TorchScript) or per-op time (an .onnx artifact or build folder), FLOPs, roofline and
     thread scaling."""
-    import json
-
-    from secompile.compiler.analysis.profile import (
-        machine_peak,
-        onnx_audio_contract,
-        profile_audio,
-        profile_onnx,
-        profile_torch,
-    )
-    from secompile.compiler.core.artifact import find_artifact
+    from secompile.compiler.app.api import profile
     from secompile.compiler.core.errors import OutputError
-    from secompile.models.registry import load_model
 
-    onnx_path = find_artifact(model_or_artifact)
-    if onnx_path is not None and weights is not None:
-        raise ModelError("--weights applies to a model reference, not to an ONNX artifact")
-    if onnx_path is not None:
-        rate, shortest = onnx_audio_contract(onnx_path)
-        wav = profile_audio(rate, seconds, audio, shortest)
-        peak = machine_peak(_default_cache_dir() / "machine.json")
-        result = profile_onnx(onnx_path, wav, peak, sample_rate=rate, threads=threads)
-    else:
-        artifact = load_model(model_or_artifact, weights)
-        info = artifact.info
-        wav = profile_audio(info.sample_rate, seconds, audio, info.min_samples)
-        peak = machine_peak(_default_cache_dir() / "machine.json")
-        result = profile_torch(artifact.module, wav, peak, name=info.name,
-                               sample_rate=info.sample_rate, threads=threads)
+    result = profile(model_or_artifact, weights=weights, seconds=seconds, audio=audio,
+                     threads=threads)
     click.echo(result.render_table(top), nl=False)
     if json_out:
         try:
