@@ -139,12 +139,7 @@ def build(model: ModelRef = None, *, targets: Sequence[str] = ("cpu",),
     if isinstance(model, nn.Module) and ray not in (None, "off"):
         raise ConfigError("ray needs a model other processes can load (a registry name, "
                           "FILE.py:factory or a TorchScript file), not an in-memory module")
-    if cache_dir is True:
-        cache = default_cache_dir()
-    elif cache_dir is False or cache_dir is None:
-        cache = None
-    else:
-        cache = Path(cache_dir)
+    cache = cache_folder(cache_dir)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=BUILD_OUT_PREFIX))
     try:
         gates = Gates(max_si_sdr_drop, max_pesq_drop)
@@ -158,6 +153,13 @@ def build(model: ModelRef = None, *, targets: Sequence[str] = ("cpu",),
         distill=distill, ray=ray, gates=gates, allow_cpu_only=allow_cpu_only_artifacts)
     report = run_build(request, log or (lambda _: None))
     return result_of(out, report)
+
+
+def cache_folder(cache_dir: str | Path | None | bool) -> Path | None:
+    """The pass cache an API call uses: ``True`` the CLI's default, ``False``/``None`` none."""
+    if cache_dir is True:
+        return default_cache_dir()
+    return None if cache_dir is False or cache_dir is None else Path(cache_dir)
 
 
 def _path(value: str | Path | None) -> Path | None:
@@ -313,7 +315,6 @@ def profile(model_or_artifact: ModelRef = None, *, weights: str | Path | None = 
     ``render_table()`` prints it, ``to_dict()`` gives the data, ``bottlenecks()`` the top rows.
     The machine's peak is cached in ``cache_dir`` (default: the CLI's cache)."""
     from secompile.compiler.analysis.profile import (
-        machine_peak,
         onnx_audio_contract,
         profile_audio,
         profile_onnx,
@@ -325,20 +326,28 @@ def profile(model_or_artifact: ModelRef = None, *, weights: str | Path | None = 
         raise ConfigError(f"seconds must be within [0.05, 600], got {seconds}")
     if threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
-    peak = machine_peak(Path(cache_dir or default_cache_dir()) / "machine.json")
     audio_path = _path(audio)
     onnx_path = find_artifact_quietly(model_or_artifact)
+    # the model and audio are checked before the machine's peak is measured (seconds of work)
     if onnx_path is not None:
         if weights is not None:
             raise ModelError("weights apply to a model reference, not to an ONNX artifact")
         rate, shortest = onnx_audio_contract(onnx_path)
         wav = profile_audio(rate, seconds, audio_path, shortest)
-        return profile_onnx(onnx_path, wav, peak, sample_rate=rate, threads=threads)
+        return profile_onnx(onnx_path, wav, _machine_peak(cache_dir), sample_rate=rate,
+                            threads=threads)
     artifact = load_model(_model_arg(model_or_artifact), _path(weights))
     info = artifact.info
     wav = profile_audio(info.sample_rate, seconds, audio_path, info.min_samples)
-    return profile_torch(artifact.module, wav, peak, name=info.name,
+    return profile_torch(artifact.module, wav, _machine_peak(cache_dir), name=info.name,
                          sample_rate=info.sample_rate, threads=threads)
+
+
+def _machine_peak(cache_dir: str | Path | None) -> Any:
+    """This machine's GEMM peak and bandwidth, cached in ``cache_dir`` (default: the CLI's)."""
+    from secompile.compiler.analysis.profile import machine_peak
+
+    return machine_peak(Path(cache_dir or default_cache_dir()) / "machine.json")
 
 
 @dataclass(frozen=True)

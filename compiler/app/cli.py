@@ -274,7 +274,8 @@ def enhance(artifact: str, inputs: tuple[Path, ...], out: Path, stream: bool,
 @_guarded
 def compare(new: Path, baseline: Path, tolerances: tuple[str, ...], junit: Path | None,
             markdown: Path | None) -> None:
-    """Compare NEW/report.json with BASELINE/report.json; exit 3 on a regression."""
+    """Compare NEW with BASELINE (build folders or their report.json files); exit 3 on a
+    regression."""
     from secompile.compiler.app.api import compare as compare_builds
 
     comparison = compare_builds(new, baseline, tolerances)

@@ -28,7 +28,7 @@ from secompile.compiler.app.api import (
     _model_arg,
     _path,
     build,
-    default_cache_dir,
+    cache_folder,
     demo_wav,
 )
 from secompile.compiler.core.errors import ConfigError
@@ -160,8 +160,7 @@ class PerformanceOptimizer:
         fewest layers whose time adds up to over ``share`` of the run, slowest first."""
         from secompile.compiler.analysis.profile import machine_peak, profile_torch
 
-        cache = None if self.cache_dir in (None, False) else (
-            default_cache_dir() if self.cache_dir is True else Path(self.cache_dir))
+        cache = cache_folder(self.cache_dir)
         peak = machine_peak(cache / "machine.json" if cache else None)
         info = self.baseline.info
         self.profile = profile_torch(self.baseline.module, self.audio, peak, name=info.name,
