@@ -256,15 +256,14 @@ def load(artifact: Any, *, weights: str | Path | None = None, threads: int = 1) 
     """An :class:`Enhancer` for ``artifact``: a :class:`BuildResult` (its first target), an
     ``.onnx`` file, a build folder, or a model (registry name, ``FILE.py:factory``,
     TorchScript, ``nn.Module``) run by PyTorch as the baseline."""
-    from secompile.compiler.core.artifact import onnx_props
-    from secompile.compiler.runtime.streaming import STREAM_FILE
+    from secompile.compiler.runtime.streaming import STREAM_FILE, is_stream_artifact
 
     if isinstance(artifact, BuildResult):
         artifact = next(iter(artifact.artifacts.values()))
     runner, rate, shortest, path = model_runner(artifact, weights, threads)
     stream_path = None
     if path is not None:
-        if "secompile.stream.hop" in onnx_props(path):
+        if is_stream_artifact(path):
             stream_path = path
         elif (path.parent / STREAM_FILE).is_file():
             stream_path = path.parent / STREAM_FILE
@@ -283,16 +282,15 @@ def model_runner(ref: ModelRef, weights: str | Path | None, threads: int
     """A runner for an ONNX file, a build folder or a model reference, with its sample rate,
     its shortest accepted input and the ONNX path (``None`` for a torch model)."""
     from secompile.compiler.analysis.profile import onnx_audio_contract
-    from secompile.compiler.core.artifact import onnx_props
     from secompile.compiler.runtime.runners import OrtRunner, TorchRunner
-    from secompile.compiler.runtime.streaming import StreamSession
+    from secompile.compiler.runtime.streaming import StreamSession, is_stream_artifact
     from secompile.models.registry import load_model
 
     path = find_artifact_quietly(ref)
     if path is not None:
         if weights is not None:
             raise ModelError("weights apply to a model reference, not to an ONNX artifact")
-        if "secompile.stream.hop" in onnx_props(path):  # also proves the file is ONNX
+        if is_stream_artifact(path):  # also proves the file is ONNX
             session = StreamSession(path, threads)
             return ((lambda batch: np.stack([session.enhance(row) for row in batch])),
                     session.sample_rate, 1, path)

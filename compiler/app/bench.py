@@ -478,14 +478,14 @@ def bench_artifact(artifact: Path, source: dict[str, Any], options: BenchOptions
     """The whole comparison (see the module docstring) for an ONNX ``artifact`` against the
     torch model ``source`` names; returns the result as plain data."""
     from secompile.compiler.analysis.profile import onnx_audio_contract
-    from secompile.compiler.core.artifact import onnx_props
     from secompile.compiler.core.versions import machine_info
     from secompile.compiler.runtime.runners import OrtRunner, TorchRunner
+    from secompile.compiler.runtime.streaming import is_stream_artifact
     from secompile.models.registry import load_model
 
     options.check()
     rate, shortest = onnx_audio_contract(artifact)
-    if "secompile.stream.hop" in onnx_props(artifact):
+    if is_stream_artifact(artifact):
         raise ModelError(f"{artifact} is a streaming artifact (one hop per call); bench the "
                          "offline model.onnx")
     baseline = load_model(source["model"], Path(source["weights"]) if source["weights"] else None)

@@ -20,7 +20,6 @@ from typing import Any
 import click
 
 from secompile.compiler.app.api import default_cache_dir
-from secompile.compiler.core.artifact import onnx_props
 from secompile.compiler.core.errors import ModelError, SecompileError
 from secompile.compiler.core.progress import Progress
 from secompile.compiler.core.progress import wanted as progress_wanted
@@ -205,9 +204,10 @@ def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int,
     folder or a model reference (a streaming artifact needs ``--stream``)."""
     from secompile.compiler.app.api import model_runner
     from secompile.compiler.core.artifact import find_artifact
+    from secompile.compiler.runtime.streaming import is_stream_artifact
 
     path = find_artifact(ref)
-    if path is not None and "secompile.stream.hop" in onnx_props(path):
+    if path is not None and is_stream_artifact(path):
         raise ModelError(f"{path} is a streaming artifact: run it with --stream")
     runner, rate, shortest, _ = model_runner(ref, weights, threads)
     return runner, rate, shortest

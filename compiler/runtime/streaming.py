@@ -33,6 +33,14 @@ CHUNK_INPUT, CHUNK_OUTPUT = "chunk", "enhanced_chunk"
 PROP_PREFIX = "secompile.stream."
 
 
+def is_stream_artifact(path: Path) -> bool:
+    """Whether the ONNX file at ``path`` is a streaming artifact (it declares its hop);
+    ``ModelError`` for a file that is not ONNX."""
+    from secompile.compiler.core.artifact import onnx_props
+
+    return PROP_PREFIX + "hop" in onnx_props(path)
+
+
 class StreamSession:
     """Enhance audio hop by hop with a streaming artifact, carrying its state between calls.
 
