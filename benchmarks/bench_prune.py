@@ -1,6 +1,6 @@
 """Pruning and distillation on NSNet2, side by side with its unpruned ONNX export.
 
-One run, three builds of the official NSNet2 weights through ``compiler.build.run_build`` (the
+One run, three builds of the official NSNet2 weights through ``compiler.app.build.run_build`` (the
 code ``secompile build`` runs), each evaluated and gated on the 15 VoiceBank-DEMAND pairs:
 
 * ``fp32``: ``export-onnx,validate`` — the unpruned ORT fp32 export;

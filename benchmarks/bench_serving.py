@@ -3,7 +3,7 @@
 with dynamic batching and a searched thread split, peak RSS).
 
 For each model, in one process: the cpu artifact is built with the target's default pipeline
-(``compiler.build.run_build``; quality evaluated on the project's demo pair, calibration on its
+(``compiler.app.build.run_build``; quality evaluated on the project's demo pair, calibration on its
 own synthetic mixtures), then :func:`compiler.bench.bench_artifact` runs both sides with the
 same SLO, cores and budget. Models: the shipped default model, GTCRN (VoiceBank-DEMAND
 weights) and NSNet2 (the official ONNX weights, converted on load); a model whose weights are

@@ -28,7 +28,7 @@ DEVICES = ("cuda", "cpu")
 @dataclass(frozen=True)
 class AotInductorConfig(CompiledShapeConfig):
     """Options of ``aot-inductor``: device and precision of the compiled code, plus the shape
-    range and agreement floor of :class:`~compiler.torch_export.CompiledShapeConfig`."""
+    range and agreement floor of :class:`~compiler.lowering.torch_export.CompiledShapeConfig`."""
 
     device: str = "cuda"
     precision: str = "fp16"
@@ -48,7 +48,7 @@ class AotInductor(Pass):
     Rewrite rules (on a copy; the pipeline's model passes through unchanged):
 
     * every ``nn.GRU``/``nn.LSTM`` becomes one opaque operator running PyTorch's fused RNN
-      (``compiler.torch_export``), so the time axis stays dynamic;
+      (``compiler.lowering.torch_export``), so the time axis stays dynamic;
     * a spectral model uses its convolutional STFT; under ``precision`` fp16/bf16 its core runs
       under ``torch.autocast`` (matrix products, convolutions and RNNs in reduced precision,
       autocast's fp32 ops such as log, pow, norms and reductions in fp32), the STFT and inverse
@@ -58,9 +58,9 @@ class AotInductor(Pass):
 
     The package is loaded back and run on the parity clip and on a batch of two clips of
     another length; its output must keep ``min_agreement_db`` SI-SDR against the fp32 eager
-    model on the same device. Load it with ``import compiler.torch_export`` (registers the RNN
-    operators) and ``torch._inductor.aoti_load_package``; lengths must be whole hops
-    (``compiler.torch_export.HopPadded`` pads others).
+    model on the same device. Load it with ``import secompile.compiler.lowering.torch_export``
+    (registers the RNN operators) and ``torch._inductor.aoti_load_package``; lengths must be
+    whole hops (``compiler.lowering.torch_export.HopPadded`` pads others).
     """
 
     name = "aot-inductor"
@@ -102,6 +102,7 @@ class AotInductor(Pass):
             "compile_seconds": round(compiled - exported, 2),
             "size_bytes": path.stat().st_size, "agreement_db": worst, "parity": checks,
             "torch": torch.__version__,
-            "load": "import compiler.torch_export; torch._inductor.aoti_load_package(path)",
+            "load": ("import secompile.compiler.lowering.torch_export; "
+                     "torch._inductor.aoti_load_package(path)"),
         }
         return PassResult(artifact, False, metrics, files=(path,))

@@ -41,7 +41,7 @@ class DistillPassConfig(TrainingOptions):
     """Options of ``distill`` (plus the training options of
     :class:`compiler.finetune.TrainingOptions`).
 
-    ``width``: the fraction of every prunable channel group (:mod:`compiler.channels`) the
+    ``width``: the fraction of every prunable channel group (:mod:`compiler.analysis.channels`) the
     student keeps; ``depth``: the layers every stacked GRU/LSTM keeps (0: as the teacher);
     ``student``: a user's student as ``FILE.py:factory`` (overrides ``width`` and ``depth``);
     ``init``: ``teacher`` starts the scaled student from the teacher's strongest channels (L2)

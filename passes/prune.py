@@ -99,17 +99,18 @@ class Prune(Pass):
     """Remove whole channels, then fine-tune the smaller model against the original.
 
     Rewrite rules: channel groups come from the model's ``torch.export`` graph
-    (:mod:`compiler.channels`): output channels of ``Conv``/``ConvTranspose`` (any ``groups``:
-    depthwise ones pass their channels through, grouped ones lose channels evenly per group),
-    output features of ``Linear``, hidden units of ``GRU``/``LSTM`` layers, kept consistent
-    across every reader (the next layer's input columns, BatchNorm/LayerNorm/PReLU, residual
-    adds, concatenations). Channels that reach the model output, a reshape that merges them, a
-    slice, or an op the analysis does not know are left alone. Importance is ``l1``/``l2``
-    magnitude or ``activation`` on the training audio (:mod:`compiler.pruning`); the lowest
-    channels go, per layer or globally, by ``ratio`` or until counted MACs drop by
-    ``macs_reduction``. The pruned copy is then distilled from the unpruned model
-    (:func:`models.distillation.distill`). The input module is never mutated; a 0% ratio,
-    a model without prunable channels or an untraceable model leave it as it is.
+    (:mod:`compiler.analysis.channels`): output channels of ``Conv``/``ConvTranspose`` (any
+    ``groups``: depthwise ones pass their channels through, grouped ones lose channels evenly
+    per group), output features of ``Linear``, hidden units of ``GRU``/``LSTM`` layers, kept
+    consistent across every reader (the next layer's input columns, BatchNorm/LayerNorm/PReLU,
+    residual adds, concatenations). Channels that reach the model output, a reshape that merges
+    them, a slice, or an op the analysis does not know are left alone. Importance is
+    ``l1``/``l2`` magnitude or ``activation`` on the training audio
+    (:mod:`compiler.analysis.pruning`); the lowest channels go, per layer or globally, by
+    ``ratio`` or until counted MACs drop by ``macs_reduction``. The pruned copy is then
+    distilled from the unpruned model (:func:`models.distillation.distill`). The input module is
+    never mutated; a 0% ratio, a model without prunable channels or an untraceable model leave
+    it as it is.
     """
 
     name = "prune"

@@ -129,17 +129,17 @@ class Quantize(Pass):
 
     Rewrite rules:
 
-    1. The INT8 layout follows the CPU's detected instructions (:mod:`compiler.cpu_features`):
+    1. The INT8 layout follows the CPU's detected instructions (:mod:`targets.cpu_features`):
        7-bit weights (``reduce_range``) where ``VPMADDUBSW`` would saturate, 8-bit with VNNI or
        ARM dot products.
-    2. Every learned layer gets a tier (:mod:`compiler.int8_plan`): linear and convolution
-       layers static QDQ with activation ranges calibrated on ``ctx.calibration`` audio
+    2. Every learned layer gets a tier (:mod:`compiler.quantization.int8_plan`): linear and
+       convolution layers static QDQ with activation ranges calibrated on ``ctx.calibration`` audio
        (MinMax, Entropy or Percentile; per-channel weights; a grouped ``ConvTranspose`` gets a
        per-tensor weight scale, which avoids ONNX Runtime's per-channel crash on it); GRUs,
        which ONNX Runtime cannot quantize, are lowered to INT8 GEMM + ``Scan``
-       (:mod:`compiler.int8_gru`) or keep fp32 arithmetic with INT8 storage; LSTMs get ONNX
-       Runtime's dynamic INT8. The spectral front/back end (computed DFT bases) stays fp32, and
-       the first and last learned layers start at ``io_layers`` (INT8 weights, fp32
+       (:mod:`compiler.quantization.int8_gru`) or keep fp32 arithmetic with INT8 storage; LSTMs
+       get ONNX Runtime's dynamic INT8. The spectral front/back end (computed DFT bases) stays
+       fp32, and the first and last learned layers start at ``io_layers`` (INT8 weights, fp32
        activations by default): quantizing them hurts quality most.
     3. Sensitivity: each layer is quantized alone and the output's SI-SDR against the fp32
        output is measured on the calibration clips. While the whole plan's worst clip is below

@@ -371,7 +371,7 @@ class Stream(Pass):
     The step is exported with fixed shapes (TorchScript exporter), simplified, optimized by
     ONNX Runtime (``basic``), its DFT bases compacted and constant-slope PRelus rewritten, as
     ``export-onnx`` does. The pass then proves the stream on the parity clip: streamed output
-    against the offline model (zero boundary, ``compiler.streaming``) within ``tolerance``.
+    against the offline model (zero boundary, ``compiler.runtime.streaming``) within ``tolerance``.
     """
 
     name = "stream"

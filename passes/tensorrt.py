@@ -34,7 +34,7 @@ class TensorRtConfig(CompiledShapeConfig):
     machine without Torch-TensorRT fails the build (``require``) or skips the pass, plus the
     shape range (``opt_frames`` is the shape TensorRT tunes for; 20 s at most by default: the
     engine is built for the largest shape) and agreement floor of
-    :class:`~compiler.torch_export.CompiledShapeConfig`."""
+    :class:`~compiler.lowering.torch_export.CompiledShapeConfig`."""
 
     precision: str = "fp16"
     max_frames: int = 2000

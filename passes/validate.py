@@ -77,14 +77,15 @@ class Validate(Pass):
 
     Rewrite rules: none; the artifact passes through unchanged (``modified`` is false). Both
     sides run in this process on the same thread count, timed interleaved with a load guard
-    (``compiler.timing``); peak RSS comes from a fresh process per side; quality from the
+    (``compiler.runtime.timing``); peak RSS comes from a fresh process per side; quality from the
     evaluation pairs (SI-SDR, PESQ-WB, ESTOI) as absolute values, deltas and SNR buckets.
 
     With a Ray executor in the context and at least ``distribute_min_seconds`` of evaluation
-    audio, the quality scoring runs as Ray tasks split by duration (``compiler.scoring``); the
-    metrics are the ones the serial path gives. Below that, starting Ray costs more than it
-    saves (measured: on the 22 shared pairs, 80 s of audio, Ray ran at 0.74x the serial speed
-    with its start included; ``benchmarks/bench_distributed.py``).
+    audio, the quality scoring runs as Ray tasks split by duration
+    (``compiler.distributed.scoring``); the metrics are the ones the serial path gives. Below
+    that, starting Ray costs more than it saves (measured: on the 22 shared pairs, 80 s of
+    audio, Ray ran at 0.74x the serial speed with its start included;
+    ``benchmarks/bench_distributed.py``).
 
     When an earlier pass wrote a streaming artifact (``model_stream.onnx``), it is proven and
     timed too: streamed against offline output on every evaluation file (max abs error,

@@ -1,7 +1,7 @@
 """Which channels to remove: importance criteria, ratio and MAC-target selection, and the
 before/after measurements the ``prune`` and ``distill`` passes report.
 
-Importance of channel ``c`` of a group (:mod:`compiler.channels`):
+Importance of channel ``c`` of a group (:mod:`compiler.analysis.channels`):
 
 ``l1`` / ``l2``
     magnitude: the L1 / L2 norm of every weight slice that belongs to ``c`` (a producer's
@@ -41,7 +41,8 @@ SCOPES = ("per-layer", "global")
 
 def count_macs(module: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one ``module(example)`` call, counted from the shapes every
-    convolution, linear and recurrent layer really sees (:func:`compiler.profile.count_layer_costs`)."""
+    convolution, linear and recurrent layer really sees
+    (:func:`compiler.analysis.costs.count_layer_costs`)."""
     return sum(cost.macs for cost in count_layer_costs(module, example).values())
 
 
@@ -114,7 +115,8 @@ def magnitude_importance(module: nn.Module, group: ChannelGroup, p: int) -> np.n
 
 @torch.no_grad()
 def _producer_activations(module: nn.Module, groups: list[ChannelGroup],
-                          batches: Iterable[torch.Tensor]) -> dict[tuple[str, str, int], np.ndarray]:
+                          batches: Iterable[torch.Tensor]
+                          ) -> dict[tuple[str, str, int], np.ndarray]:
     """Mean |activation| per channel at every producer site, over ``batches``."""
     sums: dict[tuple[str, str, int], np.ndarray] = defaultdict(lambda: 0.0)
     inputs: dict[str, list[torch.Tensor]] = defaultdict(list)

@@ -4,20 +4,20 @@ service under load, side by side in one run (``secompile bench``).
 What one run measures, for each side (torch eager, the ONNX artifact):
 
 * **batch-1 latency** p50/p90/p99 of requests run back to back, both sides interleaved with
-  the load guard of :mod:`compiler.timing`, and the real-time factor (p50 / request length);
+  the load guard of :mod:`compiler.runtime.timing`, and the real-time factor (p50 / request length);
 * **throughput at a latency SLO**: a :class:`BatchingServer` (a thread pool of model
   instances, a bounded request queue with backpressure, dynamic batching) is driven by an
   open-loop load generator (:func:`run_load`); :func:`search_best` looks for the serving
   configuration (thread split workers x intra-op threads, largest batch) and the highest
   offered rate whose p99 latency stays within the SLO, by measured trials under a time budget;
-* **peak RSS** of a fresh process serving one request (``compiler.rss_probe``, as ``validate``
-  measures it).
+* **peak RSS** of a fresh process serving one request (``compiler.runtime.rss_probe``, as
+  ``validate`` measures it).
 
 The best configuration of each side is then re-run, both sides interleaved (A, B, A, B...), and
 the medians of those confirmation runs are the headline: requests/s at the SLO and the ratio
 artifact / torch.
 
-The server and the load generator are :mod:`compiler.serving`.
+The server and the load generator are :mod:`compiler.runtime.serving`.
 """
 
 from __future__ import annotations
@@ -449,7 +449,7 @@ def _torch_factory(module: Any) -> RunnerFactory:
 
 def fresh_process_rss(args: list[str], threads: int, sample_rate: int,
                       seconds: float) -> dict[str, Any]:
-    """Peak RSS (MiB) of a fresh ``compiler.rss_probe`` process, or the reason it failed."""
+    """Peak RSS (MiB) of a fresh ``compiler.runtime.rss_probe`` process, or the reason it failed."""
     from secompile.compiler.runtime.rss_probe import ProbeError, probe_peak_rss
 
     try:

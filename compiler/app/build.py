@@ -138,7 +138,7 @@ def _parity_audio(evaluation: PairedFolder | None, calibration: AudioFolder | No
 
 def _profile_entry(path: Path, clip: np.ndarray, rate: int, cache_dir: Path | None
                    ) -> dict[str, Any]:
-    """Where the artifact's time goes (``compiler.profile``, one thread, 1 s of the parity
+    """Where the artifact's time goes (``compiler.analysis.profile``, one thread, 1 s of the parity
     clip): the bottleneck nodes that add up to over half of it, the top rows and op kinds."""
     from secompile.compiler.analysis.profile import machine_peak, profile_onnx
 

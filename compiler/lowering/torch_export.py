@@ -11,7 +11,8 @@ module fixes both without touching the model's code:
   ``secompile::lstm``) whose kernel is PyTorch's own fused RNN (cuDNN on CUDA), so the graph
   keeps one node per RNN. AOTInductor calls such an operator through its proxy executor;
   TensorRT has no converter for it and leaves it to PyTorch (its op-coverage table shows it).
-  Load an artifact that uses them after ``import compiler.torch_export`` (which registers them).
+  Load an artifact that uses them after ``import secompile.compiler.lowering.torch_export``
+  (which registers them).
 * ``torch.stft`` specializes the length too; a :class:`~models.spectral.SpectralEnhancer` is
   exported with its convolutional STFT (the same transform, ``stft_impl="conv"``).
 

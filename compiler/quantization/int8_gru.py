@@ -14,7 +14,7 @@ Two rewrites, both exact in structure and approximate only by weight rounding:
   ``DequantizeLinear`` in front: the file shrinks 4x, the arithmetic stays fp32.
 
 Weights are quantized symmetrically per output channel; ``reduce_range`` keeps 7 bits where
-the CPU's INT8 kernel would saturate (see :mod:`compiler.cpu_features`).
+the CPU's INT8 kernel would saturate (see :mod:`targets.cpu_features`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ A *layer* is a node that holds learned weights: ``MatMul``/``Gemm`` (linear), ``
 
 * ``int8``: weights and activations in INT8. Linear and convolution layers get static QDQ
   from ONNX Runtime's ``quantize_static`` with calibrated activation ranges; GRUs are lowered
-  by :mod:`compiler.int8_gru`; LSTMs get ONNX Runtime's dynamic ``DynamicQuantizeLSTM``.
+  by :mod:`compiler.quantization.int8_gru`; LSTMs get ONNX Runtime's dynamic
+  ``DynamicQuantizeLSTM``.
 * ``weights``: INT8 weights behind ``DequantizeLinear``, fp32 arithmetic on fp32 activations
   (4x smaller, and ONNX Runtime fuses ``DequantizeLinear -> MatMul`` into an 8-bit
   ``MatMulNBits``); for linear layers and GRUs.

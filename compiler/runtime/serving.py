@@ -1,6 +1,6 @@
 """A model served to concurrent clients: a thread pool of model instances behind a bounded
 request queue with dynamic batching (:class:`BatchingServer`), and an open-loop load generator
-that measures per-request latency (:func:`run_load`). ``compiler.bench`` builds the serving
+that measures per-request latency (:func:`run_load`). ``compiler.app.bench`` builds the serving
 benchmark on these.
 
 Why threads suffice for parallelism: torch releases the GIL inside its kernels and ONNX Runtime

@@ -1,4 +1,5 @@
-"""``compiler.distributed`` and ``compiler.scoring``: executors, duration balancing, and scoring
+"""``compiler.distributed.executors`` and ``compiler.distributed.scoring``: executors, duration
+balancing, and scoring
 on a real local Ray cluster of two nodes, equal to the serial path."""
 
 from __future__ import annotations

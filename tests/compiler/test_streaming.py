@@ -1,4 +1,5 @@
-"""``compiler.streaming``: the session's errors, its offline reference and tolerance rule."""
+"""``compiler.runtime.streaming``: the session's errors, its offline reference and tolerance
+rule."""
 
 from __future__ import annotations
 
