@@ -1,8 +1,9 @@
 """Peak RSS of a fresh process that loads one model form and enhances ``seconds`` of audio.
 
 Run as ``python -m secompile.compiler.runtime.rss_probe onnx PATH`` or
-``... torch MODEL_REF [WEIGHTS]``; prints ``{"peak_rss_mb": ...}``. The ONNX side imports onnxruntime and NumPy only, as a deployment
-would; the torch side imports torch and the model, as the user's PyTorch service would.
+``... torch MODEL_REF [WEIGHTS]``; prints ``{"peak_rss_mb": ...}``. The ONNX side imports
+onnxruntime and NumPy only, as a deployment would; the torch side imports torch and the model,
+as the user's PyTorch service would.
 """
 
 from __future__ import annotations
