@@ -57,8 +57,10 @@ def main() -> None:
     from secompile.compiler.core.versions import library_versions, machine_info
     from secompile.compiler.distributed.executors import RayExecutor
     from secompile.compiler.distributed.scoring import AudioRules, score_file, score_on, summarize
+    from secompile.compiler.runtime.parity import default_instruments
     from secompile.compiler.runtime.runners import OrtRunner, TorchRunner
     from secompile.models.registry import load_model
+    from secompile.passes import register_builtin
     from secompile.targets import get_target
 
     artifact = load_model("gtcrn", args.weights)
@@ -71,8 +73,9 @@ def main() -> None:
         parity = PairedFolder.scan(PAIRS[0], 16000).load()[0].noisy[None, :]
         ctx = PassContext(target=target, workdir=Path(work), baseline=artifact,
                           parity_audio=parity)
-        run = PassManager.from_spec(PipelineSpec.parse("fuse-conv-bn,export-onnx"), target).run(
-            artifact, ctx)
+        register_builtin()  # as the build does, before pass names are resolved
+        run = PassManager.from_spec(PipelineSpec.parse("fuse-conv-bn,export-onnx"), target,
+                                    instruments=default_instruments()).run(artifact, ctx)
         onnx_bytes = run.artifact.path.read_bytes()
         onnx_path = Path(work) / "model.onnx"
         onnx_path.write_bytes(onnx_bytes)

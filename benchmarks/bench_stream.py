@@ -48,8 +48,10 @@ def _build(name: str, weights: Path | None, workdir: Path):
     from secompile.compiler.core.context import PassContext
     from secompile.compiler.core.manager import PassManager
     from secompile.compiler.core.pipeline import PipelineSpec
+    from secompile.compiler.runtime.parity import default_instruments
     from secompile.compiler.runtime.streaming import STREAM_FILE
     from secompile.models.registry import load_model
+    from secompile.passes import register_builtin
     from secompile.targets import get_target
 
     artifact = load_model(name, weights)
@@ -57,7 +59,9 @@ def _build(name: str, weights: Path | None, workdir: Path):
     target = get_target("edge")
     ctx = PassContext(target=target, workdir=workdir, baseline=artifact,
                       parity_audio=pairs[0].noisy[None, : 4 * 16000], threads=1)
-    run = PassManager.from_spec(PipelineSpec.parse(PIPELINE), target).run(artifact, ctx)
+    register_builtin()  # as the build does, before pass names are resolved
+    run = PassManager.from_spec(PipelineSpec.parse(PIPELINE), target,
+                                instruments=default_instruments()).run(artifact, ctx)
     return artifact, run.artifact.path, ctx.outputs[STREAM_FILE]
 
 

@@ -61,13 +61,6 @@ def _state_dict_bytes(module: Any) -> int:
     return len(_state_bytes(module))
 
 
-def _fresh_process_rss(args: list[str], threads: int, sample_rate: int) -> float:
-    try:
-        return probe_peak_rss(args, threads, sample_rate)
-    except ProbeError as exc:
-        raise PassError("validate", f"memory probe failed: {exc}") from None
-
-
 def _ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 3) if denominator else float("nan")
 
@@ -193,20 +186,18 @@ class Validate(Pass):
         return out
 
     def _memory(self, artifact: Artifact, ctx: PassContext) -> dict[str, float]:
-        try:
+        rate = artifact.info.sample_rate
+        try:  # a probe that fails (or a model that cannot be traced for it) fails the pass
             torch_args = torch_probe_args(ctx.baseline.info, ctx.baseline.module, ctx.workdir)
+            artifact_args = (["onnx", str(artifact.path)] if artifact.format == "onnx"
+                             else torch_args)
+            return {
+                "baseline": probe_peak_rss(torch_args, ctx.threads, rate),
+                "artifact": probe_peak_rss(artifact_args, ctx.threads, rate),
+                "seconds_of_audio": 10,
+            }
         except ProbeError as exc:
             raise PassError("validate", f"memory probe failed: {exc}") from None
-        if artifact.format == "onnx":
-            artifact_args = ["onnx", str(artifact.path)]
-        else:
-            artifact_args = torch_args
-        rate = artifact.info.sample_rate
-        return {
-            "baseline": _fresh_process_rss(torch_args, ctx.threads, rate),
-            "artifact": _fresh_process_rss(artifact_args, ctx.threads, rate),
-            "seconds_of_audio": 10,
-        }
 
     def _quality(self, baseline: Runner, candidate: Runner, artifact: Artifact, pairs: list,
                  ctx: PassContext, cfg: ValidateConfig) -> dict[str, Any]:

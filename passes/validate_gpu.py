@@ -78,7 +78,8 @@ def _candidates(artifact: Artifact, ctx: PassContext, hop: int) -> tuple[dict[st
     else:
         missing["tensorrt"] = "no model_trt.ep in this pipeline (tensorrt did not run or apply)"
     if AOTI_FILE in ctx.outputs:
-        import secompile.compiler.lowering.torch_export  # noqa: F401  (registers the RNN operators it calls)
+        # registers the RNN operators the package calls
+        import secompile.compiler.lowering.torch_export  # noqa: F401
 
         package = torch._inductor.aoti_load_package(str(ctx.outputs[AOTI_FILE]))
         found["aot-inductor"] = HopPadded(package, hop)

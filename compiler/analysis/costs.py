@@ -153,7 +153,9 @@ class FlopCheck:
     @property
     def relative_difference(self) -> float:
         """``(ours - reference) / reference`` of the compared part; NaN without a reference."""
-        return (self.counted_matmul - self.reference) / self.reference if self.reference else math.nan
+        if not self.reference:
+            return math.nan
+        return (self.counted_matmul - self.reference) / self.reference
 
     @property
     def note(self) -> str:

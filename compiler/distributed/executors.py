@@ -2,10 +2,11 @@
 
 An :class:`~secompile.compiler.core.executor.Executor` maps a top-level function over a list
 of items and returns the results in item order, so a caller reduces them exactly as it would
-have serially. ``SerialExecutor`` (in ``compiler.core``) runs in process; ``RayExecutor`` runs one Ray task per item on a local Ray it starts (``--ray auto``)
-or on an existing cluster it joins (``--ray ADDRESS``), with retries for tasks whose worker
-dies. Ray is an optional extra (``pip install 'secompile[distributed]'``); without it, and with
-``--no-ray``, everything runs serially with the same results.
+have serially. ``SerialExecutor`` (in ``compiler.core``) runs in process; ``RayExecutor``
+runs one Ray task per item on a local Ray it starts (``--ray auto``) or on an existing cluster
+it joins (``--ray ADDRESS``), with retries for tasks whose worker dies. Ray is an optional
+extra (``pip install 'secompile[distributed]'``); without it, and with ``--no-ray``, everything
+runs serially with the same results.
 """
 
 from __future__ import annotations
