@@ -34,7 +34,7 @@ def read_audio(
     try:
         wav, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise DataError(f"cannot read audio file {path}: {exc}") from None
+        raise DataError(f"cannot read audio file {path}: {_one_line(exc)}") from None
     if wav.shape[1] != 1:
         raise DataError(f"{path} has {wav.shape[1]} channels; only mono audio is accepted")
     wav = wav[:, 0]
@@ -54,6 +54,52 @@ def read_audio(
             f"{path} is too short: {wav.size} samples, the model needs at least {min_samples}"
         )
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+SCAN_BLOCK = 1 << 20  # samples decoded at a time by ``check_audio``
+
+
+def check_audio(path: Path, sample_rate: int, allow_resample: bool = False,
+                min_samples: int = 1) -> int:
+    """``read_audio``'s checks without holding the whole file: the header (readable, mono,
+    rate), then every block of samples (finite); returns the number of samples in the file
+    (at its own rate). ``DataError`` naming the file, as ``read_audio`` raises it."""
+    path = Path(path)
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            channels, rate, frames = handle.channels, handle.samplerate, handle.frames
+            if channels != 1:
+                raise DataError(f"{path} has {channels} channels; only mono audio is accepted")
+            if frames == 0:
+                raise DataError(f"{path} is empty (no samples)")
+            if rate != sample_rate and not allow_resample:
+                raise DataError(
+                    f"{path} is sampled at {rate} Hz but the model expects {sample_rate} Hz "
+                    "(pass --resample to convert it)"
+                )
+            for block in handle.blocks(SCAN_BLOCK, dtype="float32", always_2d=True):
+                if not np.all(np.isfinite(block)):
+                    raise DataError(f"{path} contains NaN or infinite samples")
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise DataError(f"cannot read audio file {path}: {_one_line(exc)}") from None
+    resampled = frames if rate == sample_rate else -(-frames * sample_rate // rate)
+    if resampled < min_samples:
+        raise DataError(
+            f"{path} is too short: {resampled} samples, the model needs at least {min_samples}"
+        )
+    return frames
+
+
+def read_span(path: Path, start: int, stop: int) -> np.ndarray:
+    """Samples ``[start, stop)`` of a mono file already checked by ``check_audio``, float32."""
+    with sf.SoundFile(str(path)) as handle:
+        handle.seek(start)
+        return handle.read(stop - start, dtype="float32", always_2d=True)[:, 0]
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (libsndfile's may span several)."""
+    return " ".join(str(exc).split())
 
 
 def write_audio(path: Path, wav: np.ndarray, sample_rate: int) -> None:

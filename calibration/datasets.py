@@ -18,6 +18,7 @@ from secompile.calibration.audio import read_audio
 from secompile.compiler.core.errors import DataError
 
 AUDIO_SUFFIXES = (".wav", ".flac")
+MAX_LENGTH_MISMATCH_SECONDS = 0.1
 
 
 def _audio_files(folder: Path) -> list[Path]:
@@ -111,7 +112,9 @@ class PairedFolder:
         allow_resample: bool = False,
         min_samples: int = 1,
     ) -> PairedFolder:
-        """Pairs of ``root/noisy/X`` and ``root/clean/X`` (``DataError`` when none match)."""
+        """Pairs of ``root/noisy/X`` and ``root/clean/X``. ``DataError`` when none match, and
+        when a file has no partner of the same name on the other side (a noisy file without
+        its clean reference would silently shrink the evaluation set)."""
         root = Path(root)
         if not (root / "clean").is_dir() or not (root / "noisy").is_dir():
             raise DataError(f"{root} must contain clean/ and noisy/ folders of paired audio")
@@ -120,6 +123,16 @@ class PairedFolder:
         names = sorted(noisy & clean)
         if not names:
             raise DataError(f"no file names match between {root}/clean and {root}/noisy")
+        unpaired = []
+        for side, other, alone in (("noisy", "clean", noisy - clean),
+                                   ("clean", "noisy", clean - noisy)):
+            if alone:
+                shown = ", ".join(str(root / side / n) for n in sorted(alone)[:3])
+                more = f" and {len(alone) - 3} more" if len(alone) > 3 else ""
+                unpaired.append(f"{shown}{more} (no file of the same name in {root / other})")
+        if unpaired:
+            raise DataError(f"unpaired evaluation audio: {'; '.join(unpaired)}; pairs are "
+                            "matched by file name")
         names = tuple(_subset(names, limit, seed))
         return cls(root, names, sample_rate, allow_resample, min_samples)
 
@@ -127,17 +140,27 @@ class PairedFolder:
         return len(self.names)
 
     def load(self) -> list[AudioPair]:
-        """Every pair, trimmed to the shorter of the two files; decoded once per dataset
-        object, however many passes and targets ask."""
+        """Every pair, trimmed to the shorter of the two files when their lengths differ by
+        at most ``MAX_LENGTH_MISMATCH_SECONDS`` (encoders and resamplers add a few samples);
+        a larger difference is a ``DataError`` naming both files (they are not one
+        recording). Decoded once per dataset object, however many passes and targets ask."""
         return list(self._decoded)
 
     @cached_property
     def _decoded(self) -> tuple[AudioPair, ...]:
         pairs = []
         read = (self.sample_rate, self.allow_resample, self.min_samples)
+        slack = int(MAX_LENGTH_MISMATCH_SECONDS * self.sample_rate)
         for name in self.names:
-            noisy = read_audio(self.root / "noisy" / name, *read)
-            clean = read_audio(self.root / "clean" / name, *read)
+            noisy_path, clean_path = self.root / "noisy" / name, self.root / "clean" / name
+            noisy = read_audio(noisy_path, *read)
+            clean = read_audio(clean_path, *read)
+            if abs(len(noisy) - len(clean)) > slack:
+                rate = self.sample_rate
+                raise DataError(
+                    f"{noisy_path} and {clean_path} differ in length ({len(noisy) / rate:.2f} s "
+                    f"vs {len(clean) / rate:.2f} s; at most {MAX_LENGTH_MISMATCH_SECONDS:g} s "
+                    "is trimmed): a noisy file and its clean reference must be one recording")
             n = min(len(noisy), len(clean))
             pairs.append(AudioPair(name, noisy[:n], clean[:n]))
         return tuple(pairs)

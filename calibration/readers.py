@@ -13,17 +13,38 @@ import numpy as np
 
 def calibration_clips(audio: Sequence[np.ndarray], seconds: float, sample_rate: int,
                       limit: int) -> list[np.ndarray]:
-    """Up to ``limit`` clips ``[1, <= seconds * rate]`` float32 cut from ``audio`` in order:
-    every file gives its first window, then second windows, and so on, so a few long files
-    and many short ones both yield varied material."""
-    size = max(1, int(seconds * sample_rate))
-    windows = [[a[i:i + size] for i in range(0, max(len(a) - size // 2, 1), size)] for a in audio]
+    """Up to ``limit`` clips ``[1, N]`` float32 cut from ``audio`` in order, all of one length
+    ``N``: every file gives its first window, then second windows, and so on, so a few long
+    files and many short ones both yield varied material.
+
+    ``N`` is ``seconds * sample_rate``, or the longest file when every file is shorter. ONNX
+    Runtime's histogram calibrators stack each tensor's values across clips, so clips of mixed
+    lengths (a folder of real recordings) would not fit: a file's last partial window (kept when
+    it holds at least half a window) is taken as its last ``N`` samples instead, and a file
+    shorter than ``N`` is looped to ``N``.
+    """
+    longest = max((len(a) for a in audio), default=0)
+    if longest == 0:
+        return []
+    size = min(max(1, int(seconds * sample_rate)), longest)
+    windows = [_windows(np.asarray(a, np.float32), size) for a in audio if len(a)]
     clips: list[np.ndarray] = []
     depth = 0
     while len(clips) < limit and any(depth < len(w) for w in windows):
         clips += [w[depth] for w in windows if depth < len(w)]
         depth += 1
-    return [np.asarray(c, np.float32)[None, :] for c in clips[:limit]]
+    return [c[None, :] for c in clips[:limit]]
+
+
+def _windows(wav: np.ndarray, size: int) -> list[np.ndarray]:
+    """``wav`` cut into windows of exactly ``size`` samples (see ``calibration_clips``)."""
+    if len(wav) < size:
+        return [np.tile(wav, -(-size // len(wav)))[:size]]
+    starts = list(range(0, len(wav) - size + 1, size))
+    tail = len(wav) - (starts[-1] + size)
+    if tail >= size // 2 and tail > 0:
+        starts.append(len(wav) - size)
+    return [np.ascontiguousarray(wav[s:s + size]) for s in starts]
 
 
 class ClipReader:

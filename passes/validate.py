@@ -126,6 +126,12 @@ class Validate(Pass):
         if cfg.quality and pairs:
             metrics["quality"] = self._quality(baseline, candidate, artifact, pairs, ctx, cfg)
             metrics["quality"]["eval_set"] = str(ctx.evaluation.root)
+            skipped = metrics["quality"]["skipped_files"]
+            if skipped:  # the build prints it as a warning; the report lists the files
+                names = ", ".join(r["file"] for r in skipped[:3])
+                more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+                metrics["warning"] = (f"{len(skipped)} evaluation pair(s) left out of the "
+                                      f"quality metrics, silent clean reference: {names}{more}")
         if cfg.streaming and STREAM_FILE in ctx.outputs:
             one_thread = candidate if ctx.threads == 1 else make_runner(artifact, 1)
             metrics["streaming"] = self._streaming(
@@ -209,7 +215,8 @@ class Validate(Pass):
                   and artifact.format == "onnx" and executor.workers > 1)
         if not spread:
             scoring = ctx.progress(len(pairs), "validate: scoring evaluation pairs")
-            rows = [score_pair(p.name, p.noisy, p.clean, rate, baseline, candidate)
+            rows = [score_pair(p.name, p.noisy, p.clean, rate, baseline, candidate,
+                               evaluation.min_samples)
                     for p in scoring.wrap(pairs)]
             return {**summarize(rows), "execution": {"executor": "serial", "tasks": 1}}
         root = evaluation.root.resolve()  # workers may run in another working directory
@@ -224,3 +231,4 @@ class Validate(Pass):
             ctx.logger.warning("validate: a Ray worker could not score %s: %s",
                                failed["file"], failed["error"])
         return {**summary, "execution": {**executor.describe(), "tasks": tasks}}
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,18 @@ register_builtin()  # as the application does: tests resolve pipelines and look 
 
 requires_shared = pytest.mark.skipif(
     not GTCRN_DIR.is_dir(), reason=f"shared data not found at {SHARED_DATA}"
+)
+# The project's synthetic training speech is spoken by espeak-ng (found on PATH, as
+# calibration.synthetic finds it); tests that need real synthetic speech skip without it.
+requires_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None,
+    reason="espeak-ng is not installed (apt-get install espeak-ng): no synthetic speech",
+)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+requires_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="headless Chromium is not installed (`chromium` on PATH; Debian: apt-get install "
+    "chromium): report.html is not rendered",
 )
 
 
@@ -161,3 +174,21 @@ def ray_cluster():
     if ray.is_initialized():
         ray.shutdown()
     nodes.shutdown()
+
+
+@pytest.fixture(scope="session")
+def default_cpu_build(tmp_path_factory) -> tuple[Path, Path]:
+    """The README's main job, ``secompile build --out OUT``, run once for the session: the
+    shipped default model through the cpu target's full default pipeline, into a pass cache at
+    ``XDG/secompile`` (where ``XDG_CACHE_HOME=XDG`` puts the default cache), so the tests that
+    make the same build again (the README's API example) are served from it. ``(OUT, XDG)``."""
+    from click.testing import CliRunner
+
+    from secompile.compiler.app.cli import main
+
+    root = tmp_path_factory.mktemp("default-cpu")
+    out, xdg = root / "build", root / "xdg"
+    result = CliRunner().invoke(main, ["build", "--out", str(out), "--cache-dir",
+                                       str(xdg / "secompile")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, xdg

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 
 from secompile.compiler.analysis.costs import FlopCheck, check_flops, count_layer_costs
@@ -125,9 +126,24 @@ def measure_machine_peak(budget_s: float = 1.0) -> MachinePeak:
 
 def machine_peak(cache_file: Path | None) -> MachinePeak:
     """This machine's peak, read from ``cache_file`` when it was measured on the same CPU and
-    torch version, else measured (about 1 s) and written there. ``None``: always measure."""
+    torch version, else measured (about 1 s) and written there. ``None``: always measure.
+
+    Builds sharing a cache folder take ``<cache_file>.lock`` (``filelock``) around the read,
+    the measurement and the write: one of them measures, the others wait and read it."""
+    if cache_file is None:
+        return measure_machine_peak()
+    try:
+        lock = FileLock(cache_file.parent / f"{cache_file.name}.lock", timeout=120)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with lock:
+            return _cached_machine_peak(cache_file)
+    except OSError:  # a read-only cache folder, or a lock held too long: measure unshared
+        return _cached_machine_peak(cache_file)
+
+
+def _cached_machine_peak(cache_file: Path) -> MachinePeak:
     key = _machine_key()
-    if cache_file is not None and cache_file.is_file():
+    if cache_file.is_file():
         try:
             data = json.loads(cache_file.read_text())
             if data.get("key") == key:

@@ -116,7 +116,8 @@ def build(model: ModelRef = None, *, targets: Sequence[str] = ("cpu",),
           prune: float | None = None, distill: float | None = None, resample: bool = False,
           max_si_sdr_drop: float = 0.2, max_pesq_drop: float = 0.05,
           allow_cpu_only_artifacts: bool = False, dump_dir: str | Path | None = None,
-          ray: str | None = None, log: Callable[[str], None] | None = None) -> BuildResult:
+          ray: str | None = None, pass_timeout: float | None = None,
+          log: Callable[[str], None] | None = None) -> BuildResult:
     """Compile ``model`` for each target, as ``secompile build`` does, and return what it wrote.
 
     ``model`` is a registry name, ``FILE.py:factory``, a TorchScript file, an ``nn.Module``
@@ -125,7 +126,10 @@ def build(model: ModelRef = None, *, targets: Sequence[str] = ("cpu",),
     ``cache_dir=True`` is the CLI's default cache, ``False``/``None`` runs every pass. A failed
     quality gate raises ``GateError`` and ships nothing, as the CLI's exit 3 does.
     ``ray`` (``"auto"`` or an address) spreads scoring; it needs a model other processes can
-    load, so not an in-memory module. ``log`` receives the CLI's progress lines.
+    load, so not an in-memory module. ``pass_timeout`` (seconds, ``None``: no limit) stops a
+    pass, or the model's loading or first forward, that runs longer (``PassError`` /
+    ``ModelError``; main thread only, Python-level hangs). ``log`` receives the CLI's progress
+    lines.
     """
     from torch import nn
 
@@ -150,7 +154,8 @@ def build(model: ModelRef = None, *, targets: Sequence[str] = ("cpu",),
         pipeline=str(pipeline) if pipeline is not None else None, calib=_path(calib),
         eval=_path(eval), threads=threads, cache_dir=cache, seed=seed,
         dump_dir=_path(dump_dir), resample=resample, stream=stream, prune=prune,
-        distill=distill, ray=ray, gates=gates, allow_cpu_only=allow_cpu_only_artifacts)
+        distill=distill, ray=ray, gates=gates, allow_cpu_only=allow_cpu_only_artifacts,
+        pass_timeout=pass_timeout)
     report = run_build(request, log or (lambda _: None))
     return result_of(out, report)
 
@@ -190,13 +195,16 @@ class Enhancer:
 
     ``enhance`` takes a wav path, a NumPy array or a torch tensor, ``[L]`` or ``[B, L]``, and
     returns a NumPy array of the same shape; ``stream()`` opens a hop-by-hop session on the
-    build's streaming artifact.
+    build's streaming artifact. An offline model runs recordings longer than
+    ``chunks.whole_limit`` (38.5 s at 16 kHz) in chunks with context, so memory stays bounded
+    (``compiler.runtime.chunking``); ``chunks=None`` runs every input whole.
     """
 
     def __init__(self, runner: Callable[[np.ndarray], np.ndarray], sample_rate: int,
                  min_samples: int, path: Path | None, stream_path: Path | None,
-                 threads: int) -> None:
+                 threads: int, chunks: Any = None) -> None:
         self._runner = runner
+        self.chunks = chunks
         self.sample_rate = sample_rate
         self.min_samples = min_samples
         self.path = path
@@ -237,7 +245,12 @@ class Enhancer:
         return enhanced[0] if wav.ndim == 1 else enhanced
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._runner(np.ascontiguousarray(batch, np.float32)))
+        from secompile.compiler.runtime.chunking import run_chunked
+
+        batch = np.ascontiguousarray(batch, np.float32)
+        if self.chunks is None:
+            return np.asarray(self._runner(batch))
+        return run_chunked(self._runner, batch, self.chunks)
 
     def stream(self) -> Any:
         """A fresh :class:`~secompile.compiler.runtime.streaming.StreamSession` on the build's
@@ -252,22 +265,34 @@ class Enhancer:
         return StreamSession(self.stream_path, self.threads)
 
 
-def load(artifact: Any, *, weights: str | Path | None = None, threads: int = 1) -> Enhancer:
+def load(artifact: Any, *, weights: str | Path | None = None, threads: int = 1,
+         verify: bool = True) -> Enhancer:
     """An :class:`Enhancer` for ``artifact``: a :class:`BuildResult` (its first target), an
     ``.onnx`` file, a build folder, or a model (registry name, ``FILE.py:factory``,
-    TorchScript, ``nn.Module``) run by PyTorch as the baseline."""
+    TorchScript, ``nn.Module``) run by PyTorch as the baseline.
+
+    With ``verify`` (the default) an artifact whose bytes no longer match the sha256 in the
+    ``manifest.json`` beside it (and likewise its streaming artifact) is refused with a
+    ``ModelError`` naming the file and both hashes; ``verify=False`` uses it anyway."""
+    from secompile.compiler.core.artifact import verify_artifact
+    from secompile.compiler.runtime.chunking import ChunkPlan
     from secompile.compiler.runtime.streaming import STREAM_FILE, is_stream_artifact
 
     if isinstance(artifact, BuildResult):
         artifact = next(iter(artifact.artifacts.values()))
-    runner, rate, shortest, path = model_runner(artifact, weights, threads)
+    runner, rate, shortest, path = model_runner(artifact, weights, threads, verify)
     stream_path = None
     if path is not None:
         if is_stream_artifact(path):
             stream_path = path
         elif (path.parent / STREAM_FILE).is_file():
             stream_path = path.parent / STREAM_FILE
-    return Enhancer(runner, rate, shortest, path, stream_path, threads)
+            if verify:
+                verify_artifact(stream_path)
+    # a streaming artifact carries its state hop by hop: it needs no chunks
+    chunks = None if path is not None and path == stream_path else ChunkPlan.for_model(
+        rate, shortest)
+    return Enhancer(runner, rate, shortest, path, stream_path, threads, chunks)
 
 
 def find_artifact_quietly(ref: Any) -> Path | None:
@@ -277,11 +302,14 @@ def find_artifact_quietly(ref: Any) -> Path | None:
     return None if not isinstance(ref, (str, os.PathLike)) else find_artifact(ref)
 
 
-def model_runner(ref: ModelRef, weights: str | Path | None, threads: int
+def model_runner(ref: ModelRef, weights: str | Path | None, threads: int, verify: bool = True
                  ) -> tuple[Callable[[np.ndarray], np.ndarray], int, int, Path | None]:
     """A runner for an ONNX file, a build folder or a model reference, with its sample rate,
-    its shortest accepted input and the ONNX path (``None`` for a torch model)."""
+    its shortest accepted input and the ONNX path (``None`` for a torch model). With
+    ``verify``, an ONNX file is first checked against its manifest's sha256
+    (:func:`~secompile.compiler.core.artifact.verify_artifact`)."""
     from secompile.compiler.analysis.profile import onnx_audio_contract
+    from secompile.compiler.core.artifact import verify_artifact
     from secompile.compiler.runtime.runners import OrtRunner, TorchRunner
     from secompile.compiler.runtime.streaming import StreamSession, is_stream_artifact
     from secompile.models.registry import load_model
@@ -290,12 +318,15 @@ def model_runner(ref: ModelRef, weights: str | Path | None, threads: int
     if path is not None:
         if weights is not None:
             raise ModelError("weights apply to a model reference, not to an ONNX artifact")
+        if verify:
+            verify_artifact(path)
         if is_stream_artifact(path):  # also proves the file is ONNX
             session = StreamSession(path, threads)
             return ((lambda batch: np.stack([session.enhance(row) for row in batch])),
                     session.sample_rate, 1, path)
         rate, shortest = onnx_audio_contract(path)
-        return OrtRunner(path, threads), rate, shortest, path
+        # long inputs run in chunks of two lengths: no per-shape memory plan (runners.py)
+        return OrtRunner(path, threads, memory_pattern=False), rate, shortest, path
     artifact = load_model(_model_arg(ref), _path(weights))
     info = artifact.info
     return TorchRunner(artifact.module, threads), info.sample_rate, info.min_samples, None

@@ -110,6 +110,10 @@ def _target_names() -> list[str]:
 @click.option("--allow-cpu-only-artifacts", "allow_cpu_only", is_flag=True,
               help="Build a target whose hardware this machine lacks (gpu without a CUDA GPU) "
                    "from what the CPU can check (the FP16 ONNX), marked unvalidated.")
+@click.option("--pass-timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+              help="Stop a pass (and model loading, the model's first forward) that runs "
+                   "longer than this: a named error, no artifact, no cache entry "
+                   "[default: no limit].")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @_guarded
 def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
@@ -117,7 +121,7 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
           threads: int, cache_dir: Path | None, no_cache: bool, seed: int, dump_dir: Path | None,
           resample: bool, stream: bool, prune: float | None, distill: float | None, ray: str,
           no_ray: bool, max_si_sdr_drop: float, max_pesq_drop: float, allow_cpu_only: bool,
-          quiet: bool) -> None:
+          pass_timeout: float | None, quiet: bool) -> None:
     """Compile MODEL (a registry name, FILE.py:factory or TorchScript; default: the shipped
     default model) for each target and write artifacts, manifests and the report to --out."""
     from secompile.compiler.app.build import BuildRequest, run_build
@@ -130,6 +134,7 @@ def build(model: str | None, weights: Path | None, targets: tuple[str, ...],
         ray=None if no_ray else ray,
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
         gates=Gates(max_si_sdr_drop, max_pesq_drop), allow_cpu_only=allow_cpu_only,
+        pass_timeout=pass_timeout,
         progress=not quiet and progress_wanted(sys.stderr, dict(os.environ)),
     )
     log = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
@@ -199,7 +204,8 @@ def build_many(fleet: Path, out: Path, cache_dir: Path | None, no_cache: bool, r
         sys.exit(max(o.get("exit_code", 1) for o in summary["builds"]))
 
 
-def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int, int]:
+def _runner_for(ref: str, weights: Path | None, threads: int, verify: bool
+                ) -> tuple[Any, int, int]:
     """A runner, its sample rate and its shortest accepted input, for an ONNX file, a build
     folder or a model reference (a streaming artifact needs ``--stream``)."""
     from secompile.compiler.app.api import model_runner
@@ -209,14 +215,15 @@ def _runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int,
     path = find_artifact(ref)
     if path is not None and is_stream_artifact(path):
         raise ModelError(f"{path} is a streaming artifact: run it with --stream")
-    runner, rate, shortest, _ = model_runner(ref, weights, threads)
+    runner, rate, shortest, _ = model_runner(ref, weights, threads, verify)
     return runner, rate, shortest
 
 
-def _stream_runner_for(ref: str, weights: Path | None, threads: int) -> tuple[Any, int, int]:
+def _stream_runner_for(ref: str, weights: Path | None, threads: int, verify: bool
+                       ) -> tuple[Any, int, int]:
     """A streaming runner (hop by hop, output aligned by the declared delay) for a
     ``model_stream.onnx`` file or a build folder holding one."""
-    from secompile.compiler.core.artifact import find_artifact
+    from secompile.compiler.core.artifact import find_artifact, verify_artifact
     from secompile.compiler.runtime.streaming import STREAM_FILE, StreamSession
 
     if weights is not None:
@@ -225,6 +232,8 @@ def _stream_runner_for(ref: str, weights: Path | None, threads: int) -> tuple[An
     if path is None:
         raise ModelError(f"{ref} is not a streaming artifact ({STREAM_FILE}) or a build folder "
                          "holding one (build with --stream or --target edge)")
+    if verify:
+        verify_artifact(path)
     session = StreamSession(path, threads)
     return (lambda batch: session.enhance(batch[0])[None, :]), session.sample_rate, 1
 
@@ -240,27 +249,52 @@ def _stream_runner_for(ref: str, weights: Path | None, threads: int) -> tuple[An
 @click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint for a model name.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256))
 @click.option("--resample", is_flag=True, help="Resample inputs of another rate.")
+@click.option("--no-verify", is_flag=True,
+              help="Run an artifact whose bytes no longer match the sha256 in the manifest.json "
+                   "beside it (refused by default).")
 @_guarded
 def enhance(artifact: str, inputs: tuple[Path, ...], out: Path, stream: bool,
-            weights: Path | None, threads: int, resample: bool) -> None:
-    """Enhance IN.wav files with ARTIFACT (an .onnx file, a build folder or a model)."""
-    from secompile.calibration.audio import read_audio, write_audio
+            weights: Path | None, threads: int, resample: bool, no_verify: bool) -> None:
+    """Enhance IN.wav files with ARTIFACT (an .onnx file, a build folder or a model).
+
+    Every input is checked before anything is written. Long recordings run in chunks with
+    context, read and written one window at a time (``compiler.runtime.chunking``), so memory
+    does not grow with the length; ``--stream`` runs hop by hop."""
+    from secompile.calibration.audio import check_audio, read_audio, write_audio
     from secompile.compiler.app.build import check_writable
+    from secompile.compiler.core.errors import ConfigError
+    from secompile.compiler.runtime.chunking import ChunkPlan, enhance_file
 
     make = _stream_runner_for if stream else _runner_for
-    runner, rate, shortest = make(artifact, weights, threads)
-    audio = [read_audio(p, rate, allow_resample=resample, min_samples=shortest) for p in inputs]
+    runner, rate, shortest = make(artifact, weights, threads, not no_verify)
+    for path in inputs:  # every input checked before anything is written
+        check_audio(path, rate, allow_resample=resample, min_samples=shortest)
+    clashes = sorted({p.name for p in inputs if [q.name for q in inputs].count(p.name) > 1})
+    if clashes:
+        raise ConfigError(f"two inputs share the file name {clashes[0]}: their outputs would "
+                          f"overwrite each other in {out}")
     check_writable(out)
-    for path, wav in zip(inputs, audio, strict=True):
-        enhanced = runner(wav[None, :])[0]
+    plan = ChunkPlan.for_model(rate, shortest)
+    for path in inputs:
         with tempfile.NamedTemporaryFile(dir=out, suffix=".wav", delete=False) as tmp:
             partial = Path(tmp.name)
         try:
-            write_audio(partial, enhanced, rate)
+            if stream or _header_rate(path) != rate:  # hop by hop, or resampled: whole file
+                wav = read_audio(path, rate, allow_resample=resample, min_samples=shortest)
+                write_audio(partial, runner(wav[None, :])[0], rate)
+            else:
+                enhance_file(runner, path, partial, plan, rate)
             os.replace(partial, out / path.name)
         finally:
             partial.unlink(missing_ok=True)
         click.echo(str(out / path.name))
+
+
+def _header_rate(path: Path) -> int:
+    """The sample rate in an audio file's header."""
+    import soundfile as sf
+
+    return sf.info(str(path)).samplerate
 
 
 @main.command()

@@ -103,9 +103,8 @@ def load_fleet(path: Path, out: Path, cache_dir: Path | None) -> list[FleetBuild
                               f"(valid: {sorted(_MODEL_KEYS)})")
         if "model" not in entry:
             raise ConfigError(f"{where}: 'model' is required")
-        name = entry.get("name") or Path(entry["model"].split(":")[0]).stem
-        if not _NAME.match(name):
-            raise ConfigError(f"{where}: name {name!r} must be letters, digits, '.', '_', '-'")
+        name = entry["name"] if "name" in entry else Path(entry["model"].split(":")[0]).stem
+        _check_name(name, where)
         cpus = entry.get("cpus", DEFAULT_CPUS)  # types are checked above
         if cpus <= 0:
             raise ConfigError(f"{where}: 'cpus' must be a number > 0, got {cpus!r}")
@@ -120,9 +119,10 @@ def load_fleet(path: Path, out: Path, cache_dir: Path | None) -> list[FleetBuild
             pipeline_text = str(_path(base, pipeline_text.strip(), "pipeline", where))
         for target_name in targets:
             target = get_target(target_name)
+            build_out = _inside(out, f"{name}-{target_name}", where)
             pipeline_spec(pipeline_text, target, entry.get("stream", False)).resolve(target)
             request = BuildRequest(
-                model=model, out=out / f"{name}-{target_name}",
+                model=model, out=build_out,
                 weights=_path(base, entry.get("weights"), "weights", where),
                 targets=(target_name,), pipeline=pipeline_text,
                 calib=_path(base, entry.get("calib"), "calib", where),
@@ -140,6 +140,25 @@ def load_fleet(path: Path, out: Path, cache_dir: Path | None) -> list[FleetBuild
         raise ConfigError(f"fleet file {path}: builds named twice: {duplicated} (give each "
                           "[[model]] a distinct name)")
     return builds
+
+
+def _check_name(name: str, where: str) -> None:
+    """A build's name becomes a folder of ``--out``: one plain path component, so no name
+    (``../x``, ``a/b``, ``/abs``, ``..``, empty, NUL) can write outside it."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{where}: name {name!r} cannot name a folder in --out: use "
+                          f"letters, digits, '.', '_', '-', starting with a letter or digit "
+                          f"(no '/', '..', NUL or empty name)")
+
+
+def _inside(out: Path, folder: str, where: str) -> Path:
+    """``out/folder``, checked to resolve to a direct child of ``out`` (``ConfigError``)."""
+    path = out / folder
+    root = Path(os.path.abspath(out)).resolve()
+    if Path(os.path.abspath(path)).resolve().parent != root:
+        raise ConfigError(f"{where}: build folder {folder!r} would be written outside --out "
+                          f"{out}")
+    return path
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

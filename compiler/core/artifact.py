@@ -142,6 +142,54 @@ def find_artifact(ref: str | Path, file_name: str = "model.onnx") -> Path | None
     return None
 
 
+MANIFEST_FILE = "manifest.json"
+
+
+def verify_artifact(path: Path) -> None:
+    """Check an artifact file against the sha256 its build recorded in the ``manifest.json``
+    beside it (the artifact, the streaming artifact or a side file, by name).
+
+    ``ModelError`` naming the file and both hashes when its bytes changed after the build, or
+    naming the manifest when it is unreadable; nothing to check (no manifest, or one that does
+    not list the file) passes. A user who means to run a modified file turns this off.
+    """
+    import json
+
+    from secompile.compiler.core.errors import ModelError
+
+    path = Path(path)
+    manifest = path.parent / MANIFEST_FILE
+    if not manifest.is_file():
+        return
+    try:
+        data = json.loads(manifest.read_text())
+        recorded = _recorded_sha256(data, path.name)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{manifest} is not a readable manifest ({' '.join(str(exc).split())}); "
+                         f"cannot verify {path} (--no-verify, verify=False skip the check)"
+                         ) from None
+    if recorded is None:
+        return
+    actual = file_sha256(path)
+    if actual != recorded:
+        raise ModelError(f"{path} does not match its manifest {manifest}: sha256 {actual}, "
+                         f"manifest records {recorded} (the file changed after the build; "
+                         "rebuild it, or pass --no-verify / verify=False to use it anyway)")
+
+
+def _recorded_sha256(manifest: dict[str, Any], name: str) -> str | None:
+    """The sha256 ``manifest`` records for the file ``name``, or ``None``."""
+    if manifest.get("artifact") == name:
+        return str(manifest["sha256"])
+    streaming = manifest.get("streaming") or {}
+    if streaming.get("artifact") == name:
+        return str(streaming["sha256"])
+    for side in manifest.get("side_files") or []:
+        if side.get("file") == name:
+            return str(side["sha256"])
+    return None
+
+
 def onnx_props(path: Path) -> dict[str, str]:
     """An ONNX file's metadata props (secompile writes its contract there); ``ModelError``
     for a file that is not ONNX."""

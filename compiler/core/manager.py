@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from secompile.compiler.core.cache import CacheEntry, PassCache, cache_key
-from secompile.compiler.core.errors import PassError, SecompileError, UserError
+from secompile.compiler.core.errors import ConfigError, PassError, SecompileError, UserError
 from secompile.compiler.core.instruments import Instrument, record_defaults
+from secompile.compiler.core.limits import describe_limit, time_limit
 from secompile.compiler.core.pass_base import Pass, PassResult
 from secompile.compiler.core.pipeline import PipelineSpec, canonical_text
 from secompile.compiler.core.versions import code_hash, library_versions
@@ -47,7 +48,10 @@ class PassManager:
     ``instruments`` are the hooks called around every pass that runs (none by default: the
     application passes :func:`secompile.compiler.runtime.parity.default_instruments`, timing,
     memory and the parity verifier); ``cache`` serves and stores pass outputs; ``listener``
-    receives each pass's record as it completes.
+    receives each pass's record as it completes. ``pass_timeout`` (seconds, ``None``: no limit)
+    bounds each pass with its instruments (:func:`~secompile.compiler.core.limits.time_limit`:
+    main thread only, Python-level hangs); a pass past it raises ``PassError`` and, like any
+    failed pass, leaves no cache entry.
     """
 
     def __init__(
@@ -56,11 +60,16 @@ class PassManager:
         instruments: list[Instrument] | None = None,
         cache: PassCache | None = None,
         listener: Callable[[dict[str, Any]], None] | None = None,
+        pass_timeout: float | None = None,
     ) -> None:
+        if pass_timeout is not None and not pass_timeout > 0:
+            raise ConfigError(f"pass timeout must be a positive number of seconds, "
+                              f"got {pass_timeout}")
         self.passes = passes
         self.instruments = list(instruments or ())
         self.cache = cache
         self.listener = listener
+        self.pass_timeout = pass_timeout
 
     @classmethod
     def from_spec(cls, spec: PipelineSpec, target: Target, **kwargs: Any) -> PassManager:
@@ -167,12 +176,17 @@ class PassManager:
         record: dict,
         completed: tuple[str, ...],
     ) -> PassResult:
+        def expired() -> PassError:
+            return PassError(p.name, f"exceeded its time limit of "
+                             f"{describe_limit(self.pass_timeout)} (--pass-timeout)", completed)
+
         try:
-            for instrument in self.instruments:
-                instrument.before_pass(p, artifact, ctx, record)
-            result = p.run(artifact, ctx.with_pass_dir(index, p.name))
-            for instrument in self.instruments:
-                instrument.after_pass(p, artifact, result, ctx, record)
+            with time_limit(self.pass_timeout, expired):
+                for instrument in self.instruments:
+                    instrument.before_pass(p, artifact, ctx, record)
+                result = p.run(artifact, ctx.with_pass_dir(index, p.name))
+                for instrument in self.instruments:
+                    instrument.after_pass(p, artifact, result, ctx, record)
             return result
         except PassError as exc:
             raise exc.with_completed(completed) from exc

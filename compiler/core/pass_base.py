@@ -9,6 +9,7 @@ validator uses those to reject a wrong order before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -90,7 +91,13 @@ def _coerce(where: str, key: str, value: Any, hint: Any) -> Any:
         (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
         return tuple(_coerce(where, key, v, item) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: option '{key}' is out of range, got {value}") from None
+    if hint is float and isinstance(value, float) and math.isnan(value):
+        # every comparison with NaN is false: a threshold of nan would pass or fail silently
+        raise ConfigError(f"{where}: option '{key}' must be a number, got nan")
     if hint in (int, float, str, bool) and not (
         isinstance(value, hint) and not (hint is int and isinstance(value, bool))
     ):

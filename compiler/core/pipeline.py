@@ -71,24 +71,40 @@ class PipelineSpec:
     def from_toml(cls, path: Path) -> PipelineSpec:
         """Load ``[[pass]]`` tables (or a ``pipeline = "..."`` string) from a TOML file."""
         try:
-            data = tomllib.loads(path.read_text())
+            raw = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"pipeline file not found: {path}") from None
         except OSError as exc:
             raise ConfigError(f"cannot read pipeline file {path}: {exc.strerror}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"pipeline file {path} is not valid TOML (not UTF-8: {exc})") \
+                from None
+        except ValueError as exc:  # a path the OS cannot take: a NUL byte, a lone surrogate
+            raise ConfigError(f"cannot read pipeline file {str(path)!r}: {exc}") from None
+        try:
+            data = tomllib.loads(raw)
+        except ValueError as exc:  # TOMLDecodeError, or an integer past Python's digit limit
             raise ConfigError(f"pipeline file {path} is not valid TOML: {exc}") from None
-        if isinstance(data.get("pipeline"), str):
+        if "pipeline" in data:
+            if not isinstance(data["pipeline"], str):
+                raise ConfigError(f"pipeline file {path}: pipeline must be a string like "
+                                  f"'fuse-conv-bn,export-onnx', got {data['pipeline']!r}")
             return cls.parse(data["pipeline"])
         tables = data.get("pass")
         if not isinstance(tables, list) or not tables:
             raise ConfigError(f"pipeline file {path}: expected [[pass]] tables or pipeline = '...'")
         specs = []
         for position, table in enumerate(tables, 1):
+            if not isinstance(table, dict):
+                raise ConfigError(f"pipeline file {path}: pass number {position} is not a "
+                                  f"[[pass]] table, got {table!r}")
             if "name" not in table:
                 raise ConfigError(f"pipeline file {path}: [[pass]] number {position} has no name")
+            if not isinstance(table["name"], str):
+                raise ConfigError(f"pipeline file {path}: [[pass]] number {position}: name must "
+                                  f"be a string, got {table['name']!r}")
             options = tuple(sorted((k, v) for k, v in table.items() if k != "name"))
-            specs.append(PassSpec(str(table["name"]), options))
+            specs.append(PassSpec(table["name"], options))
         return cls(tuple(specs))
 
     @classmethod

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from secompile.calibration.audio import read_audio
-from secompile.calibration.metrics import bucket_name, mean_metrics, quality, snr_db
+from secompile.calibration.metrics import bucket_name, is_silent, mean_metrics, quality, snr_db
 from secompile.compiler.core.errors import DataError
+from secompile.compiler.runtime.chunking import ChunkPlan, run_chunked
 
 Runner = Any  # compiler.runtime.Runner: [B, L] float32 -> [B, L]
 METRIC_DECIMALS = 10
@@ -100,15 +101,30 @@ def score_file(name: str, noisy_path: str, clean_path: str, rules: AudioRules,
     except DataError as exc:
         return {"file": name, "error": str(exc)}
     n = min(len(noisy), len(clean))
-    return score_pair(name, noisy[:n], clean[:n], rules.sample_rate, reference, artifact)
+    return score_pair(name, noisy[:n], clean[:n], rules.sample_rate, reference, artifact,
+                      rules.min_samples)
+
+
+SILENT_REFERENCE = ("silent clean reference: SI-SDR, PESQ and ESTOI need a reference signal, "
+                    "so the pair is left out of the quality metrics")
 
 
 def score_pair(name: str, noisy: np.ndarray, clean: np.ndarray, rate: int,
-               reference: Runner, artifact: Runner) -> dict[str, Any]:
+               reference: Runner, artifact: Runner, min_samples: int = 1) -> dict[str, Any]:
     """The per-file row: input SNR, SI-SDR/PESQ-WB/ESTOI of the noisy input, the reference's
-    output and the artifact's, and their max abs difference."""
-    ref_out = reference(noisy[None, :])[0]
-    out = artifact(noisy[None, :])[0]
+    output and the artifact's, and their max abs difference.
+
+    A pair whose clean reference is silent (``calibration.metrics.is_silent``) is not scored:
+    its row is ``{"file", "skipped": reason}``. Recordings longer than a
+    :class:`~secompile.compiler.runtime.chunking.ChunkPlan`'s ``whole_limit`` run through both
+    models in chunks, the same chunks for both (``min_samples`` aligns them to the model's
+    FFT), so memory stays bounded.
+    """
+    if is_silent(clean):
+        return {"file": name, "skipped": SILENT_REFERENCE}
+    plan = ChunkPlan.for_model(rate, min_samples)
+    ref_out = run_chunked(reference, noisy[None, :], plan)[0]
+    out = run_chunked(artifact, noisy[None, :], plan)[0]
     return {
         "file": name,
         "input_snr_db": round(snr_db(noisy, clean), 2),
@@ -135,10 +151,17 @@ def score_job(job: ScoringJob) -> list[dict[str, Any]]:
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Means per side, the artifact-minus-baseline delta, input-SNR buckets, the largest
-    difference from the baseline, per-file rows and the files that could not be read."""
-    scored = [r for r in rows if "error" not in r]
+    difference from the baseline, per-file rows, the files that could not be read and the
+    files left out (``skipped_files``: a silent clean reference)."""
+    scored = [r for r in rows if "error" not in r and "skipped" not in r]
     failed = [r for r in rows if "error" in r]
+    skipped = [r for r in rows if "skipped" in r]
     if not scored:
+        if skipped and not failed:
+            names = ", ".join(r["file"] for r in skipped[:3])
+            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            raise DataError(f"every evaluation pair has a silent clean reference ({names}{more})"
+                            ": there is no signal to measure quality against")
         raise DataError("no evaluation file could be read: " + "; ".join(
             r["error"] for r in failed[:3]))
     summary: dict[str, Any] = {side: mean_metrics([r[side] for r in scored])
@@ -156,6 +179,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
     summary["files"] = len(scored)
     summary["failed_files"] = failed
+    summary["skipped_files"] = skipped
     summary["max_abs_vs_baseline"] = max(r["max_abs_vs_baseline"] for r in scored)
     summary["per_file"] = scored
     return summary

@@ -511,6 +511,10 @@ def _quality(name: str, t: dict[str, Any]) -> str:
             for s in sides]
     failed = quality.get("failed_files") or []
     note = f"<p class='note'>{len(failed)} file(s) could not be scored.</p>" if failed else ""
+    skipped = quality.get("skipped_files") or []
+    if skipped:
+        note += (f"<p class='note'>{len(skipped)} pair(s) left out (silent clean reference): "
+                 f"{_e(', '.join(str(r.get('file')) for r in skipped))}.</p>")
     return (f"<h3>Quality</h3><p>On {_fmt(quality.get('files'))} pair(s) from "
             f"<code>{_e(quality.get('eval_set', MISSING))}</code>.</p>"
             + _bar_chart(panels, f"{name} quality")

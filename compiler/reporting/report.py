@@ -97,7 +97,8 @@ def target_entry(name: str, run: Any, artifact_rel: str,
         "memory_reduction": v.get("memory_reduction"),
         "quality_delta": {k: delta[k] for k in ("si_sdr", "pesq", "stoi")} if delta else None,
         "quality": {k: q[k] for k in ("noisy", "baseline", "artifact", "buckets", "files",
-                                      "failed_files", "eval_set", "max_abs_vs_baseline",
+                                      "failed_files", "skipped_files", "eval_set",
+                                      "max_abs_vs_baseline",
                                       "execution") if k in q} or None,
         "latency_ms": run.metrics_of("validate").get("latency_ms"),
         "timing": v.get("timing"),
@@ -384,6 +385,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 m = q[side]
                 lines.append(f"| {side} | {_fmt(m['si_sdr'], '.3f')} | {_fmt(m['pesq'], '.3f')} "
                              f"| {_fmt(m['stoi'], '.4f')} |")
+            for row in q.get("skipped_files") or []:
+                lines.append(f"\nNot scored: `{row['file']}` ({row['skipped']}).")
         for pass_name, made in (t.get("shrink") or {}).items():
             lines += _shrink_markdown(pass_name, made)
         if t.get("precision"):

@@ -40,12 +40,16 @@ class TorchRunner:
             torch.set_num_threads(previous)
 
 
-def session_options(threads: int) -> object:
+def session_options(threads: int, memory_pattern: bool = True) -> object:
     """ONNX Runtime session options every secompile measurement uses: ``threads`` intra-op
-    threads, one inter-op thread, sequential execution, all graph optimizations, quiet logs."""
+    threads, one inter-op thread, sequential execution, all graph optimizations, quiet logs.
+    ``memory_pattern=False`` turns off ONNX Runtime's per-input-shape memory plan, which keeps
+    one more block the size of a call's activations for every input length it has seen
+    (measured on 38 s chunks of the default model: 372 MiB peak with it, 283 MiB without)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.enable_mem_pattern = memory_pattern
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -62,10 +66,11 @@ class OrtRunner:
         path: Path,
         threads: int,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        memory_pattern: bool = True,
     ) -> None:
         import onnxruntime as ort
 
-        options = session_options(threads)
+        options = session_options(threads, memory_pattern)
         self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         self.input_name = self.session.get_inputs()[0].name
 

@@ -5,6 +5,7 @@ latency, quality overall and per input-SNR bucket).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 
 from secompile.compiler.analysis.pruning import count_macs, count_params
@@ -121,7 +123,39 @@ def train_student(student: nn.Module, teacher: nn.Module, source: NoisySource,
                   options: TrainingOptions, ctx: PassContext, key: str,
                   label: str) -> DistillResult:
     """Distil ``teacher`` into ``student`` (in place) with ``options``; checkpointed under
-    ``ctx.checkpoints`` (when set) as ``key`` so an interrupted build resumes."""
+    ``ctx.checkpoints`` (when set) as ``key`` so an interrupted build resumes.
+
+    The checkpoint is shared by builds with one cache folder: the build that trains holds
+    ``<checkpoint>.lock`` (``filelock``) until it is done; another build training the same
+    student meanwhile trains without a checkpoint rather than write over it."""
+    with contextlib.ExitStack() as stack:
+        checkpoint = None
+        if ctx.checkpoints is not None:
+            checkpoint = _claim_checkpoint(ctx, key, label, stack)
+        return _train(student, teacher, source, options, ctx, key, label, checkpoint)
+
+
+def _claim_checkpoint(ctx: PassContext, key: str, label: str,
+                      stack: contextlib.ExitStack) -> Path | None:
+    """The checkpoint path for ``key``, its lock held on ``stack``; ``None`` when another build
+    holds it or the folder cannot be written (training then runs unsaved)."""
+    checkpoint = ctx.checkpoints / f"{label}-{key[:24]}.pt"
+    try:
+        ctx.checkpoints.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(FileLock(checkpoint.with_name(checkpoint.name + ".lock"),
+                                     timeout=0))
+    except Timeout:
+        ctx.logger.info("%s: another build is training this student; no checkpoint", label)
+        return None
+    except OSError as exc:
+        ctx.logger.info("%s: no checkpoint (%s)", label, exc)
+        return None
+    return checkpoint
+
+
+def _train(student: nn.Module, teacher: nn.Module, source: NoisySource,
+           options: TrainingOptions, ctx: PassContext, key: str, label: str,
+           checkpoint: Path | None) -> DistillResult:
     from secompile.models.distillation import DistillConfig, distill
 
     config = DistillConfig(
@@ -129,10 +163,6 @@ def train_student(student: nn.Module, teacher: nn.Module, source: NoisySource,
         segment_seconds=options.segment_seconds, lr=options.lr, eval_every=options.eval_every,
         patience=options.patience, seed=ctx.seed,
     )
-    checkpoint = None
-    if ctx.checkpoints is not None:
-        ctx.checkpoints.mkdir(parents=True, exist_ok=True)
-        checkpoint = ctx.checkpoints / f"{label}-{key[:24]}.pt"
     threads = options.train_threads or available_cpus()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -115,13 +115,12 @@ def test_audio_folder_path_to_a_file(tmp_path: Path) -> None:
 
 @pytest.fixture
 def paired(tmp_path: Path) -> Path:
-    """clean/ and noisy/ with three matching names, one unmatched file on each side."""
+    """clean/ and noisy/ with three matching names (an unmatched file is an error, see
+    ``tests/faults/test_audio_inputs.py``)."""
     root = tmp_path / "pairs"
     for i, name in enumerate(("c.wav", "a.wav", "b.wav")):
         _write(root / "clean" / name, n=1000, seed=i)
         _write(root / "noisy" / name, n=1000 + 37 * (i + 1), seed=10 + i)  # longer noisy
-    _write(root / "clean" / "only_clean.wav")
-    _write(root / "noisy" / "only_noisy.wav")
     return root
 
 
@@ -242,3 +241,19 @@ def test_check_disjoint_finds_the_same_bytes_under_another_name(tmp_path) -> Non
     shutil.copy(DEMO_DIR / "clean" / "demo.wav", calib / "b.wav")
     with pytest.raises(DataError, match="overlap .*b.wav"):
         check_disjoint(AudioFolder.scan(calib, 16000), evaluation)
+
+
+def test_calibration_clips_of_mixed_length_recordings_have_one_length() -> None:
+    """A folder of real recordings of mixed lengths gives clips of one length (ONNX Runtime's
+    histogram calibrators stack them; mixed lengths crashed ``quantize``)."""
+    from secompile.calibration.readers import calibration_clips
+
+    rng = np.random.default_rng(0)
+    audio = [rng.standard_normal(n).astype(np.float32) for n in (900, 5000, 12345, 64000)]
+    clips = calibration_clips(audio, seconds=0.5, sample_rate=RATE, limit=32)
+    assert {c.shape for c in clips} == {(1, 8000)}
+    assert len(clips) == 1 + 1 + 2 + 8  # short files looped; a tail of >= half a window kept
+    np.testing.assert_array_equal(clips[3][0], audio[3][:8000])
+    short = calibration_clips(audio[:2], seconds=4.0, sample_rate=RATE, limit=8)
+    assert {c.shape for c in short} == {(1, 5000)}  # every file shorter: the longest file
+    assert calibration_clips([], 1.0, RATE, 4) == []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -15,6 +13,7 @@ from secompile.calibration.synthetic import (
     make_noise,
     mix_at_snr,
 )
+from tests.conftest import requires_espeak
 
 SR = 16000
 
@@ -130,7 +129,7 @@ def test_espeak_missing_raises(monkeypatch: pytest.MonkeyPatch) -> None:
         espeak_speech("hello")
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+@requires_espeak
 def test_espeak_speech() -> None:
     audio = espeak_speech("Hello there.", voice="en-us+f2", rate_wpm=170, pitch=60)
     assert audio.dtype == np.float32 and audio.ndim == 1

@@ -38,18 +38,13 @@ from secompile.compiler.reporting.html import (
     spectrogram_rgb,
     write_html_report,
 )
+from tests.conftest import CHROMIUM, requires_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "models" / "demo_audio" / "noisy" / "demo.wav"
 RATE = 16000
 PIPELINE = "fuse-conv-bn,export-onnx,validate{repeats=4 long_repeats=2 batch=2 memory=false}"
 SHOT = Path("/tmp/html_report_shot.png")  # left for a person to look at
-CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"),
-                             shutil.which("chromium-browser")) if p and Path(p).is_file()), None)
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None and os.environ.get("CI") != "true",  # CI installs it (.ci/run): never skip
-    reason="headless Chromium not installed (/usr/bin/chromium or `chromium` on PATH; Debian: "
-    "apt-get install -y chromium): the page is not rendered")
 # Chromium logs every console message of the page (console.*, uncaught exceptions) to stderr
 # as "[pid:tid:date:INFO:CONSOLE:line] "message", source: URL (line)" (older builds:
 # "INFO:CONSOLE(line)]"). The page has no script, so any such line is an error.
@@ -452,7 +447,7 @@ def test_write_is_atomic(report: dict, tmp_path: Path, monkeypatch: pytest.Monke
 # --- rendering in Chromium ---------------------------------------------------------------
 
 
-@needs_chromium
+@requires_chromium
 def test_console_check_catches_a_broken_page(tmp_path: Path) -> None:
     """Negative control: a page with a console.error and an uncaught exception must be caught by
     the same check the report is held to."""
@@ -467,7 +462,7 @@ def test_console_check_catches_a_broken_page(tmp_path: Path) -> None:
     assert any("Uncaught ReferenceError" in line for line in errors), stderr[-2000:]
 
 
-@needs_chromium
+@requires_chromium
 def test_report_renders_in_chromium(build: tuple[dict[str, Any], Path],
                                     tmp_path: Path) -> None:
     """The page the build itself wrote (OUT/report.html: its clip is the demo pair through the

@@ -112,3 +112,32 @@ def test_a_model_change_after_a_side_output_is_rejected() -> None:
     cpu = get_target("cpu")
     with pytest.raises(ConfigError, match="changes the model after 'stream'"):
         PipelineSpec.parse("stream,prune{ratio=0.5},export-onnx,validate").resolve(cpu)
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("pass = [1, 2]\n", "pass number 1 is not a [[pass]] table"),
+    ('pass = [["name"]]\n', "pass number 1 is not a [[pass]] table"),
+    ("[[pass]]\nname = 3\n", "name must be a string, got 3"),
+    ("[[pass]]\nopset = 17\n", "[[pass]] number 1 has no name"),
+    ("pipeline = 5\n", "pipeline must be a string"),
+    (f"[[pass]]\nname = 'export-onnx'\nopset = {'9' * 5000}\n", "not valid TOML"),
+])
+def test_toml_of_the_wrong_shape_is_a_config_error(tmp_path, toml: str, message: str) -> None:
+    # found by tests/faults/test_pipeline_fuzz.py: each escaped once as another exception
+    path = tmp_path / "p.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        PipelineSpec.load(str(path))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("\x00.toml", "cannot read pipeline file"),
+    (f"fuse-conv-bn{{parity_tolerance={'9' * 400}}},export-onnx", "is out of range"),
+    ("fuse-conv-bn,export-onnx,quantize{min_speedup=nan},validate",
+     "option 'min_speedup' must be a number, got nan"),
+])
+def test_unreadable_names_huge_numbers_and_nan_are_config_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        PipelineSpec.load(text).resolve(CPU)
+    assert message in str(info.value)

@@ -178,11 +178,10 @@ def test_listing_commands() -> None:
     assert "cpu" in targets.output and "available" in targets.output
 
 
-def test_default_build_is_the_readme_main_job(tmp_path: Path) -> None:
-    """``secompile build --out DIR``: the shipped model, its demo pair, the default pipeline."""
-    out = tmp_path / "build"
-    result = _cli("build", "--no-cache", "--out", out)
-    assert result.exit_code == 0, result.output
+def test_default_build_is_the_readme_main_job(default_cpu_build: tuple[Path, Path]) -> None:
+    """``secompile build --out DIR``: the shipped model, its demo pair, the default pipeline
+    (built once per session, from an empty cache, by the ``default_cpu_build`` fixture)."""
+    out = default_cpu_build[0]
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["name"] == "default"
     cpu = report["targets"]["cpu"]
@@ -251,7 +250,7 @@ def test_user_model_with_cache_relative_path_and_code_change(tmp_path: Path, mon
 
 
 def test_resample_flag_converts_eval_audio_of_another_rate(tmp_path: Path) -> None:
-    pairs = _paired(tmp_path / "eval8k", rate=8000)
+    pairs = _paired(tmp_path / "eval8k", rate=8000, samples=8000)  # the same 1 s at 8 kHz
     refused = _cli("build", TINY_REF, "--eval", pairs, "--no-cache", "--out", tmp_path / "a",
                    "--pipeline", FAST)
     assert refused.exit_code == 2 and "pass --resample to convert it" in refused.output

@@ -96,7 +96,9 @@ def test_fleet_on_a_ray_cluster_gives_the_same_artifacts(serial_fleet, ray_clust
             out / name / target / "model.onnx")
 
 
-def test_a_failed_build_is_reported_and_the_others_finish(tmp_path) -> None:
+def test_a_failed_build_is_reported_and_the_others_finish(serial_fleet, tmp_path) -> None:
+    # the four good builds are served by the serial fleet's cache: what is checked here is
+    # that one failure leaves the others finished and itself reported, not how they build
     fleet = _fleet(tmp_path, extra=f"""
 [[model]]
 name = "broken"
@@ -105,7 +107,8 @@ weights = "{tmp_path / 'missing.pt'}"
 targets = ["cpu"]
 """)
     out = tmp_path / "out"
-    result = _cli("build-many", fleet, "--out", out, "--no-cache", "--no-ray")
+    result = _cli("build-many", fleet, "--out", out, "--cache-dir", serial_fleet[0] / "cache",
+                  "--no-ray")
     assert result.exit_code == 2
     summary = json.loads((out / "fleet.json").read_text())
     (broken,) = [b for b in summary["builds"] if b["status"] == "failed"]
@@ -155,7 +158,7 @@ def test_build_validation_on_a_ray_cluster_equals_serial(ray_cluster, tmp_path) 
     assert quality["--ray"] == quality["--no-ray"]
 
 
-def test_interrupted_fleet_leaves_no_partial_artifact_or_summary(tmp_path) -> None:
+def test_interrupted_fleet_leaves_no_partial_artifact_or_summary(serial_fleet, tmp_path) -> None:
     from secompile.compiler.app.fleet import load_fleet, run_fleet
     from secompile.compiler.core.executor import SerialExecutor
 
@@ -168,7 +171,7 @@ def test_interrupted_fleet_leaves_no_partial_artifact_or_summary(tmp_path) -> No
             raise KeyboardInterrupt
 
     out = tmp_path / "out"
-    builds = load_fleet(_fleet(tmp_path), out, None)
+    builds = load_fleet(_fleet(tmp_path), out, serial_fleet[0] / "cache")  # first build: hits
     with pytest.raises(KeyboardInterrupt):
         run_fleet(builds, InterruptedAfterFirst(), out)
     assert (out / "default-cpu" / "report.json").is_file()  # finished builds are whole
@@ -176,7 +179,7 @@ def test_interrupted_fleet_leaves_no_partial_artifact_or_summary(tmp_path) -> No
     assert not (out / "default-edge" / "edge").exists()
 
 
-def test_a_lost_build_task_is_a_failed_build_not_a_lost_fleet(tmp_path) -> None:
+def test_a_lost_build_task_is_a_failed_build_not_a_lost_fleet(serial_fleet, tmp_path) -> None:
     from secompile.compiler.app.fleet import load_fleet, run_fleet
     from secompile.compiler.core.executor import SerialExecutor
 
@@ -190,7 +193,8 @@ def test_a_lost_build_task_is_a_failed_build_not_a_lost_fleet(tmp_path) -> None:
                 len(items) - 1)
 
     out = tmp_path / "out"
-    summary = run_fleet(load_fleet(_fleet(tmp_path), out, None), LosesTheLast(), out)
+    cache = serial_fleet[0] / "cache"  # the one build that runs is served from it
+    summary = run_fleet(load_fleet(_fleet(tmp_path), out, cache), LosesTheLast(), out)
     assert summary["ok"] == 1 and summary["failed"] == 3
     assert "WorkerCrashedError" in summary["builds"][-1]["error"]
     assert not list(out.rglob(".staging-*"))

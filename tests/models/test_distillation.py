@@ -8,7 +8,6 @@ at all, a tiny FIR filter without batch norm. Runs are 20 steps of 4 x 0.25 s cr
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from secompile.models.distillation import (
     teacher_agreement_db,
 )
 from secompile.models.train import enhancement_loss
-from tests.conftest import tiny_module
+from tests.conftest import requires_espeak, tiny_module
 
 RATE = 16000
 CONFIG = DistillConfig(steps=20, batch_size=4, segment_seconds=0.25, lr=1e-2, eval_every=5,
@@ -245,7 +244,7 @@ def test_synthetic_noisy_splits_are_disjoint_and_deterministic() -> None:
         source.batch(HOLDOUT_OFFSET, 1, 100, "train")
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+@requires_espeak
 def test_synthetic_noisy_generate_with_espeak() -> None:
     source = SyntheticNoisy.generate(utterances=2, seconds=0.5, seed=0)
     assert source.mixtures.length == 8000 and len(source.mixtures.speech) == 2
