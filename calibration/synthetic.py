@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import soundfile as sf
-from scipy import signal
 
 from secompile.calibration.audio import resample
 
@@ -275,6 +274,8 @@ def _bandpass(x: np.ndarray, low: float, high: float, sample_rate: int) -> np.nd
     nyq = sample_rate / 2
     low = min(max(low, 20.0), nyq * 0.9)
     high = min(max(high, low * 1.2), nyq * 0.98)
+    from scipy import signal  # here: scipy.signal costs ~1 s of import for every CLI call
+
     sos = signal.butter(4, [low, high], btype="bandpass", fs=sample_rate, output="sos")
     return signal.sosfilt(sos, x)
 
@@ -482,6 +483,8 @@ class SyntheticMixtures:
         if rng.random() < self.eq_probability:
             # First-order tilt y[n] = x[n] + a (x[n] - x[n-1]): within about +-6 dB at 8 kHz.
             a = rng.uniform(-0.4, 0.4)
+            from scipy import signal
+
             clean = signal.lfilter([1.0 + a, -a], [1.0], clean)
         if _power(clean) == 0.0:  # a crop of pure pause: put one utterance in
             utt = self.speech[int(rng.integers(len(self.speech)))][: self.length]

@@ -7,6 +7,7 @@ Each ``tests/faults/test_*.py`` module lists its probes in ``PROBES`` and runs t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -71,6 +72,23 @@ def secompile(args: Sequence[str | os.PathLike], cwd: Path | None = None,
         capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
     )
     return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def in_process(args: Sequence[str | os.PathLike], cwd: Path | None = None,
+               env: dict[str, str] | None = None) -> CliResult:
+    """``secompile ARGS`` run in this process (click's runner, in the main thread): the same
+    command, exit code and stderr a shell gets, without a fresh interpreter's seconds of imports.
+    Probes of signals, concurrency, memory or a whole round trip use :func:`secompile`."""
+    from click.testing import CliRunner
+
+    from secompile.compiler.app.cli import main
+
+    with contextlib.chdir(cwd or Path.cwd()):
+        done = CliRunner(env=env).invoke(main, [str(a) for a in args])
+    stderr = done.stderr
+    if done.exception is not None and not isinstance(done.exception, SystemExit):
+        stderr += f"\nTraceback: {type(done.exception).__name__}: {done.exception}"
+    return CliResult(done.exit_code, done.stdout, stderr)
 
 
 def named_error(result: CliResult, *needles: str, exit_code: int = 2) -> Observation:

@@ -34,6 +34,7 @@ from tests.faults.harness import (
     Observation,
     Probe,
     files_under,
+    in_process,
     named_error,
     secompile,
 )
@@ -70,25 +71,10 @@ def _eval_dir(root: Path, pairs: int = 2) -> Path:
     return root
 
 
-def _cli(args: list[str | Path]) -> CliResult:
-    """``secompile ARGS`` run in this process (click's runner): the same command, exit code and
-    stderr as a shell gets, without a fresh interpreter's 3 s of imports per probe. The probes
-    that must prove the whole round trip (unicode paths, NaN) use ``harness.secompile``."""
-    from click.testing import CliRunner
-
-    from secompile.compiler.app.cli import main
-
-    done = CliRunner().invoke(main, [str(a) for a in args])
-    stderr = done.stderr
-    if done.exception is not None and not isinstance(done.exception, SystemExit):
-        stderr += f"\nTraceback: {type(done.exception).__name__}: {done.exception}"
-    return CliResult(done.exit_code, done.stdout, stderr)
-
-
 def _build(tmp: Path, *args: str | Path, pipeline: str = "export-onnx",
            quiet: bool = True) -> tuple[CliResult, Path]:
     out = tmp / "out"
-    return _cli(["build", "--pipeline", pipeline, "--no-cache", "--no-ray",
+    return in_process(["build", "--pipeline", pipeline, "--no-cache", "--no-ray",
                  *(["--quiet"] if quiet else []), "--out", out, *args]), out
 
 
@@ -103,7 +89,7 @@ def _refused(result: CliResult, out: Path, *needles: str) -> Observation:
 
 def _enhance(tmp: Path, *inputs: Path, shell: bool = False) -> tuple[CliResult, Path]:
     out = tmp / "enhanced"
-    run = secompile if shell else _cli
+    run = secompile if shell else in_process
     return run(["enhance", built_artifact(), *inputs, "-o", out]), out
 
 

@@ -32,8 +32,8 @@ from tests.faults.harness import (
     Observation,
     Probe,
     files_under,
+    in_process,
     named_error,
-    secompile,
 )
 
 AREA = "checkpoint"
@@ -148,14 +148,14 @@ def _env(tmp: Path) -> dict[str, str]:
 
 def build(tmp: Path, *args: str | os.PathLike) -> CliResult:
     """``secompile build`` with the cheapest pipeline, no cache, output under ``tmp``."""
-    return secompile(["build", *args, "--out", tmp / "out", "--pipeline", "export-onnx",
-                      "--no-cache", "--no-ray", "--quiet"], cwd=tmp, env=_env(tmp))
+    return in_process(["build", *args, "--out", tmp / "out", "--pipeline", "export-onnx",
+                       "--no-cache", "--no-ray", "--quiet"], cwd=tmp, env=_env(tmp))
 
 
 def profile(tmp: Path, *args: str | os.PathLike) -> CliResult:
     """``secompile profile`` (loads the model first; the cheapest command that does)."""
-    return secompile(["profile", *args, "--seconds", "0.1", "--threads", "1"], cwd=tmp,
-                     env=_env(tmp))
+    return in_process(["profile", *args, "--seconds", "0.1", "--threads", "1"], cwd=tmp,
+                      env=_env(tmp))
 
 
 def no_output(tmp: Path, seen: Observation) -> Observation:
@@ -190,7 +190,7 @@ def silence_wav(path: Path, seconds: float = 1.0, rate: int = 16000) -> Path:
 
 def probe_empty(tmp: Path) -> Observation:
     path = empty(tmp)
-    result = secompile(["enhance", "default", silence_wav(tmp / "in.wav"), "-o",
+    result = in_process(["enhance", "default", silence_wav(tmp / "in.wav"), "-o",
                         tmp / "enhanced", "--weights", path], cwd=tmp, env=_env(tmp))
     seen = named_error(result, str(path), "empty")
     if (tmp / "enhanced").exists() and files_under(tmp / "enhanced"):

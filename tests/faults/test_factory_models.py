@@ -28,7 +28,14 @@ from secompile.compiler.core.limits import limits_enforceable, time_limit
 from secompile.compiler.core.manager import PassManager
 from secompile.compiler.core.pass_base import Pass, PassResult
 from secompile.models.registry import check_waveform_contract, from_module, load_checked
-from tests.faults.harness import CliResult, Observation, Probe, files_under, named_error, secompile
+from tests.faults.harness import (
+    CliResult,
+    Observation,
+    Probe,
+    files_under,
+    in_process,
+    named_error,
+)
 
 AREA = "factory model"
 LIMIT_S = 1  # --pass-timeout of the hang probes
@@ -106,9 +113,9 @@ def model_file(tmp: Path) -> Path:
 
 def build(tmp: Path, factory: str, *extra: str) -> CliResult:
     """``secompile build user_models.py:<factory>`` with the cheapest pipeline."""
-    return secompile(["build", f"{model_file(tmp)}:{factory}", "--out", tmp / "out",
-                      "--pipeline", "export-onnx", "--no-ray", "--quiet", *extra],
-                     cwd=tmp, env={"XDG_CACHE_HOME": str(tmp / "xdg")})
+    return in_process(["build", f"{model_file(tmp)}:{factory}", "--out", tmp / "out",
+                       "--pipeline", "export-onnx", "--no-ray", "--quiet", *extra],
+                      cwd=tmp, env={"XDG_CACHE_HOME": str(tmp / "xdg")})
 
 
 def nothing_written(tmp: Path, seen: Observation) -> Observation:

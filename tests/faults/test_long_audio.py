@@ -30,9 +30,11 @@ from tests.faults.harness import SHARED_AUDIO, CliResult, Observation, Probe
 RATE = 16000
 # the enhance probe: the 10-minute run's peak may exceed the 1-minute run's by this much
 ENHANCE_SLACK_MB = 40.0
-# validate holds the evaluation audio itself (noisy, clean and both outputs, float32): its peak
-# may grow by that plus a little, never by the model's activations (gigabytes)
-VALIDATE_BYTES_PER_SAMPLE = 24
+# validate holds the evaluation audio itself (noisy, clean and both outputs as float32: 16 B a
+# sample) and the metrics make float64 working copies of a pair (up to 48 B): its peak may grow
+# by that, never by the model's activations (whole-file ONNX Runtime: ~440 B a sample, 2.1 GB
+# at 5 min). Measured growth from 1 to 10 min: 156-366 MiB (glibc's heap varies run to run).
+VALIDATE_BYTES_PER_SAMPLE = 64
 VALIDATE = "export-onnx,validate{speed=false memory=false streaming=false}"
 
 
@@ -131,7 +133,7 @@ PROBES: list[Probe] = [
           f"works; peak RSS at 10 min within {ENHANCE_SLACK_MB:.0f} MiB of 1 min",
           probe_enhance_memory),
     Probe("long audio", "10-minute eval pair through validate",
-          "works, finite metrics; peak grows by the audio held only", probe_validate_memory),
+          "works, finite metrics; peak grows with the audio held (<= 64 B a sample), not activations", probe_validate_memory),
     Probe("long audio", "chunked output equals whole-file output",
           f"max abs <= {CHUNK_MAX_ABS:g}, SI-SDR >= {CHUNK_MIN_SI_SDR:g} dB",
           probe_chunked_equals_whole),

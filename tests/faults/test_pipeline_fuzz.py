@@ -26,7 +26,7 @@ from secompile.compiler.core.pipeline import PipelineSpec, canonical_text
 from secompile.compiler.core.registry import get_pass, pass_names
 from secompile.passes import register_builtin
 from secompile.targets import get_target
-from tests.faults.harness import Observation, Probe, named_error, secompile
+from tests.faults.harness import Observation, Probe, in_process, named_error
 
 register_builtin()
 
@@ -262,7 +262,7 @@ def fuzz_probe(tmp: Path) -> Observation:
 
 def cli_text_probe(tmp: Path) -> Observation:
     """A garbage ``--pipeline`` text on the command line."""
-    return named_error(secompile(["build", "--pipeline", "fuse-conv-bn{{ópset=١٧]},☃,,{",
+    return named_error(in_process(["build", "--pipeline", "fuse-conv-bn{{ópset=١٧]},☃,,{",
                                   "--out", tmp / "out", "--no-cache", "--no-ray"]),
                        "pipeline")
 
@@ -271,7 +271,7 @@ def cli_toml_probe(tmp: Path) -> Observation:
     """A garbage TOML pipeline file."""
     path = tmp / "garbage.toml"
     path.write_bytes(b"[[pass]\nname = \xff\xfe 'export-onnx'\n{{{")
-    return named_error(secompile(["build", "--pipeline", path, "--out", tmp / "out",
+    return named_error(in_process(["build", "--pipeline", path, "--out", tmp / "out",
                                   "--no-cache", "--no-ray"]), "pipeline", "toml")
 
 
