@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from secompile.compiler.app.build import (
+from secompile.compiler.app.out_folder import (
     OWNER_FILE,
-    _commit,
     check_destinations,
+    commit,
     drop_stale_staging,
     foreign_files,
 )
@@ -213,7 +213,7 @@ def _staged(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_commit_replaces_own_outputs_and_keeps_the_rest(tmp_path) -> None:
     out, staging = _staged(tmp_path)
-    _commit(staging, out)
+    commit(staging, out)
     assert (out / "cpu" / "model.onnx").read_bytes() == b"new onnx"
     assert (out / "mine.txt").read_text() == "kept"
     assert not (out / OWNER_FILE).exists(), "the owner record is not an output"
@@ -233,7 +233,7 @@ def test_a_failed_commit_puts_the_previous_outputs_back(tmp_path, monkeypatch) -
 
     monkeypatch.setattr(os, "replace", failing)
     with pytest.raises(OSError):
-        _commit(staging, out)
+        commit(staging, out)
     monkeypatch.undo()
     assert {f: (out / f).read_bytes() for f in visible(out)} == before
     assert not list(out.glob(".old-*"))
