@@ -2,8 +2,8 @@
 
     python benchmarks/bench_real_inputs.py [--models gtcrn,...] [--json OUT]
 
-For each model (the shipped default, GTCRN (DNS3 weights), UL-UNAS, NSNet2 from its official
-ONNX file, and a user factory model ``FILE.py:factory``, the tiny spectral model of
+For each model (the shipped default, GTCRN (DNS3 weights), NSNet2 from its official ONNX
+file, and a user factory model ``FILE.py:factory``, the tiny spectral model of
 ``tests/conftest.py``) and each shared calibration folder of real recordings (``blind/``,
 ``snr_sweep/``, ``dns3/noisy``, ``vbdemand/noisy``: mixed lengths), it builds the cpu target with
 the streaming artifact (``secompile.build(..., stream=True)``: the default pipeline, calibrated
@@ -38,7 +38,6 @@ AUDIO = SHARED / "audio"
 MODELS = {
     "default": (None, None),
     "gtcrn": ("gtcrn", SHARED / "models" / "gtcrn" / "gtcrn_dns3.pt"),
-    "ulunas": ("ulunas", SHARED / "models" / "ulunas" / "ulunas_dns3.pt"),
     "nsnet2": ("nsnet2", SHARED / "models" / "nsnet2" / "nsnet2-16k.onnx"),
     "factory": (f"{ROOT / 'tests' / 'conftest.py'}:tiny_module", None),
 }
