@@ -52,7 +52,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from secompile.compiler.core.artifact import Artifact
+from secompile.compiler.core.artifact import Artifact, file_sha256
 from secompile.compiler.core.pass_base import PassResult
 
 _ENTRY_VERSION = 3  # 3: entry.json holds the sha256 of each file and of itself
@@ -65,14 +65,6 @@ LOCK_SECONDS = 300
 
 class CorruptEntry(Exception):
     """A stored entry failed verification (internal to :class:`PassCache`)."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _self_sha256(meta: dict[str, Any]) -> str:
@@ -171,7 +163,7 @@ class PassCache:
                 raise CorruptEntry(f"no sha256 recorded for {name}")
         for name, digest in hashes.items():
             try:
-                actual = _sha256(folder / name)
+                actual = file_sha256(folder / name)
             except OSError:
                 raise CorruptEntry(f"file missing: {name}") from None
             if actual != digest:
@@ -256,7 +248,7 @@ class PassCache:
                 "modified": result.modified,
                 "metrics": result.metrics,
                 "files": [p.name for p in result.files],
-                "sha256": {p.relative_to(staging).as_posix(): _sha256(p)
+                "sha256": {p.relative_to(staging).as_posix(): file_sha256(p)
                            for p in sorted(staging.rglob("*")) if p.is_file()},
             }
             meta["self_sha256"] = _self_sha256(meta)
