@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from secompile.compiler.core.artifact import MANIFEST_FILE, manifest_files
 from secompile.compiler.core.errors import OutputError
 
 STAGING_PREFIX = ".staging-"  # + "<pid>-": a build's outputs before they are committed
@@ -133,13 +134,12 @@ def _manifest_files(folder: Path) -> set[str]:
     """The files of target folder ``folder`` that its ``manifest.json`` names (none when it
     has no readable secompile manifest)."""
     try:
-        data = json.loads((folder / "manifest.json").read_text())
-        named = {"manifest.json", data["artifact"], *(s["file"] for s in data["side_files"])}
-        if data.get("streaming"):
-            named.add(data["streaming"]["artifact"])
-    except (OSError, ValueError, KeyError, TypeError):
+        data = json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
         return set()
-    return {n for n in named if isinstance(n, str)}
+    if not isinstance(data, dict) or "artifact" not in data or "side_files" not in data:
+        return set()
+    return {MANIFEST_FILE, *manifest_files(data)}
 
 
 def foreign_files(out: Path, names: Iterable[str]) -> list[str]:

@@ -163,7 +163,7 @@ def verify_artifact(path: Path) -> None:
         return
     try:
         data = json.loads(manifest.read_text())
-        recorded = _recorded_sha256(data, path.name)
+        recorded = manifest_files(data).get(path.name)
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ModelError(f"{manifest} is not a readable manifest ({' '.join(str(exc).split())}); "
                          f"cannot verify {path} (--no-verify, verify=False skip the check)"
@@ -177,17 +177,16 @@ def verify_artifact(path: Path) -> None:
                          "rebuild it, or pass --no-verify / verify=False to use it anyway)")
 
 
-def _recorded_sha256(manifest: dict[str, Any], name: str) -> str | None:
-    """The sha256 ``manifest`` records for the file ``name``, or ``None``."""
-    if manifest.get("artifact") == name:
-        return str(manifest["sha256"])
+def manifest_files(manifest: dict[str, Any]) -> dict[str, str | None]:
+    """File name -> recorded sha256 (``None`` where none is) of every file a build's
+    ``manifest.json`` names: the artifact, the streaming artifact and the side files."""
     streaming = manifest.get("streaming") or {}
-    if streaming.get("artifact") == name:
-        return str(streaming["sha256"])
-    for side in manifest.get("side_files") or []:
-        if side.get("file") == name:
-            return str(side["sha256"])
-    return None
+    entries = [(manifest.get("artifact"), manifest.get("sha256")),
+               (streaming.get("artifact"), streaming.get("sha256")),
+               *((side.get("file"), side.get("sha256")) for side in
+                 manifest.get("side_files") or [])]
+    return {name: None if digest is None else str(digest) for name, digest in entries
+            if isinstance(name, str)}
 
 
 def onnx_props(path: Path) -> dict[str, str]:
